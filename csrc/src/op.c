@@ -1,0 +1,301 @@
+/* op.c - an operation's life: begin, register, read, end (G1-G5, G10).
+ *
+ * Every transition is a CAS on the slot's state word.  Begin and end take
+ * only their channel's lock, to link the slot into and out of the channel's
+ * in-flight list; register and the getters take no lock at all.
+ */
+#include "internal.h"
+
+static inline uint64_t load_state(const cc_slot *slot)
+{
+    return atomic_load_explicit(&((cc_slot *)slot)->state, memory_order_acquire);
+}
+
+static inline bool cas_state(cc_slot *slot, uint64_t *expected, uint64_t desired)
+{
+    return atomic_compare_exchange_weak_explicit(&slot->state, expected, desired,
+                                                 memory_order_acq_rel,
+                                                 memory_order_acquire);
+}
+
+/* The slot of a live operation, or NULL (its state word in *s). */
+static inline cc_slot *live_slot(const cc_op *op, uint32_t *gen, uint64_t *s)
+{
+    cc_slot *slot = cc_handle_slot(op, gen);
+    if (!slot)
+        return NULL;
+    *s = load_state(slot);
+    return cc_gen_live(*s, *gen) ? slot : NULL;
+}
+
+/* ---------------------------------------------------------------- begin */
+
+static cc_status admission(const cc_channel *ch)
+{
+    int hs = atomic_load_explicit(&ch->host->state, memory_order_acquire);
+    if (ch->state == CC_CHANNEL_STATE_FAULTED || hs == CC_HOST_STATE_FAULTED)
+        return CC_E_OBJECT_FAULTED;
+    if (ch->state != CC_CHANNEL_STATE_OPEN || hs != CC_HOST_STATE_OPEN)
+        return CC_E_INVALID_OPERATION;
+    return CC_OK;
+}
+
+cc_status cc_op_begin(cc_channel *ch, cc_op **out)
+{
+    if (!ch || !out)
+        return CC_E_INVALID_ARG;
+    cc_host *host = ch->host;
+    unsigned faults = 0;
+    if (cc_faults_armed(host)) {
+        faults = cc_faults_visit(host, CC_FAULT_AT_BEGIN);
+        if (faults & (1u << CC_FAULT_NOMEM)) {
+            cc_faults_apply(host, ch, faults);
+            return CC_E_NOMEM;
+        }
+    }
+
+    cc_mutex_lock(&ch->lock);
+    cc_status st = admission(ch);
+    if (st != CC_OK) {
+        cc_mutex_unlock(&ch->lock);
+        return st;
+    }
+    if (!ch->free) {
+        ch->nfree += cc_pool_take(&ch->free, CC_SLOT_BATCH);
+        if (!ch->free) {
+            cc_mutex_unlock(&ch->lock);
+            return CC_E_NOMEM;
+        }
+    }
+    cc_slot *slot = ch->free;
+    ch->free = slot->next;
+    ch->nfree--;
+    slot->channel = ch;
+    slot->prev = NULL;
+    slot->next = ch->inflight;
+    if (ch->inflight)
+        ch->inflight->prev = slot;
+    ch->inflight = slot;
+    ch->n_inflight++;
+    ch->begun++;
+    uint32_t gen = ST_GEN(atomic_load_explicit(&slot->state, memory_order_relaxed));
+    atomic_store_explicit(&slot->state, ((uint64_t)gen << 32) | ST_LIVE,
+                          memory_order_release);
+    cc_mutex_unlock(&ch->lock);
+
+    *out = cc_handle_encode(slot, gen);
+    if (faults)
+        cc_faults_apply(host, ch, faults);
+    return CC_OK;
+}
+
+/* ------------------------------------------------------------- register */
+
+/* Hands back a registration claim that lost to cc_op_end.  If that end was
+ * requested from this thread (a callback run by the fault plan below), it
+ * was deferred to us: finish the operation. */
+static void unclaim(cc_slot *slot)
+{
+    uint64_t s = load_state(slot);
+    if (s & ST_WAITING) {
+        cc_wait_lock();
+        atomic_fetch_and_explicit(&slot->state, ~(uint64_t)ST_REG, memory_order_acq_rel);
+        cc_wake_all_locked();
+        cc_wait_unlock();
+        return;
+    }
+    while (!cas_state(slot, &s, s & ~(uint64_t)ST_REG)) {
+        if (s & ST_WAITING) {
+            unclaim(slot);
+            return;
+        }
+    }
+    if (s & ST_ENDING)
+        cc_op_finish(slot, s & ~(uint64_t)ST_REG);
+}
+
+cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
+                                cc_free_state_fn free_state, void *state)
+{
+    if (!op || !cancel)
+        return CC_E_INVALID_ARG;
+    uint32_t gen;
+    uint64_t s;
+    cc_slot *slot = live_slot(op, &gen, &s);
+    if (!slot)
+        return CC_E_INVALID_OPERATION;
+
+    /* Phase 1: claim the registration (G2).  While ST_REG is set without
+     * ST_ARMED the slot is busy: cc_op_end waits, so the channel and host
+     * read below stay alive and the fields written are ours alone. */
+    do {
+        if (!cc_gen_live(s, gen) || (s & (ST_ENDING | ST_REG)))
+            return CC_E_INVALID_OPERATION;
+    } while (!cas_state(slot, &s, s | ST_REG));
+
+    cc_channel *ch = slot->channel;
+    cc_host *host = ch->host;
+    if (cc_faults_armed(host)) {
+        unsigned faults = cc_faults_visit(host, CC_FAULT_AT_REGISTER);
+        if (faults & (1u << CC_FAULT_NOMEM)) {
+            unclaim(slot);
+            cc_faults_apply(host, ch, faults);
+            return CC_E_NOMEM;
+        }
+        if (faults) {
+            /* Injected before the registration is armed, so this operation
+             * is only marked; the callback then runs below, as for any
+             * registration on a canceled operation (G3). */
+            cc_frame frame;
+            cc_frame_push(&frame, slot, host);
+            cc_faults_apply(host, ch, faults);
+            cc_frame_pop(&frame);
+        }
+    }
+    slot->cancel = cancel;
+    slot->free_state = free_state;
+    slot->user = state;
+
+    /* Phase 2: arm it, or run the callback now if already canceled (G3). */
+    s = load_state(slot);
+    for (;;) {
+        if (s & ST_ENDING) {
+            unclaim(slot);
+            return CC_E_INVALID_OPERATION;
+        }
+        uint64_t next = s | ST_ARMED;
+        if (s & ST_CANCELED)
+            next |= ST_RUNNING | ST_FIRED;
+        if (cas_state(slot, &s, next)) {
+            if (s & ST_CANCELED)
+                cc_run_cancel(host, slot, st_reason(s));
+            return CC_OK;
+        }
+    }
+}
+
+/* -------------------------------------------------------------- getters */
+
+int cc_op_is_canceled(const cc_op *op)
+{
+    uint32_t gen;
+    uint64_t s;
+    if (!live_slot(op, &gen, &s))
+        return CC_E_INVALID_OPERATION;
+    return (s & ST_CANCELED) != 0;
+}
+
+cc_reason cc_op_reason(const cc_op *op)
+{
+    uint32_t gen;
+    uint64_t s;
+    if (!live_slot(op, &gen, &s))
+        return CC_REASON_INVALID;
+    return (s & ST_CANCELED) ? st_reason(s) : CC_NOT_CANCELED;
+}
+
+/* ------------------------------------------------------------------ end */
+
+/* Sleeps until the slot is no longer busy; ST_ENDING | ST_WAITING set. */
+static uint64_t wait_not_busy(cc_slot *slot)
+{
+    cc_wait_lock();
+    uint64_t s = load_state(slot);
+    while (st_busy(s)) {
+        cc_wait_until(-1);
+        s = load_state(slot);
+    }
+    cc_wait_unlock();
+    return s;
+}
+
+cc_status cc_op_end(cc_op *op)
+{
+    if (!op)
+        return CC_E_INVALID_ARG;
+    uint32_t gen;
+    uint64_t s;
+    cc_slot *slot = live_slot(op, &gen, &s);
+    if (!slot)
+        return CC_E_INVALID_OPERATION;
+
+    for (;;) {
+        if (!cc_gen_live(s, gen) || (s & ST_ENDING))
+            return CC_E_INVALID_OPERATION;
+        if (!st_busy(s)) {
+            if (cas_state(slot, &s, s | ST_ENDING)) {
+                s |= ST_ENDING;
+                break;
+            }
+            continue;
+        }
+        if (cc_in_callback(slot, NULL)) {
+            /* Ended from inside its own callback (or registration): the
+             * thread that owns the busy slot finishes it on return (G5). */
+            if (cas_state(slot, &s, s | ST_ENDING))
+                return CC_OK;
+            continue;
+        }
+        /* Another thread runs its callback: sleep until it returns (G5).
+         * ST_WAITING is set under the wait lock, so the wake-up that
+         * follows the callback cannot be missed. */
+        cc_wait_lock();
+        s = load_state(slot);
+        bool claimed = false;
+        while (cc_gen_live(s, gen) && !(s & ST_ENDING) && st_busy(s)) {
+            if (cas_state(slot, &s, s | ST_ENDING | ST_WAITING)) {
+                claimed = true;
+                break;
+            }
+        }
+        cc_wait_unlock();
+        if (claimed) {
+            s = wait_not_busy(slot);
+            break;
+        }
+    }
+
+    cc_channel *ch = slot->channel;
+    if (cc_faults_armed(ch->host)) {
+        unsigned faults = cc_faults_visit(ch->host, CC_FAULT_AT_END);
+        if (faults) {
+            cc_faults_apply(ch->host, ch, faults);
+            s = cc_cancel_ending(ch->host, slot, faults);
+        }
+    }
+    cc_op_finish(slot, s);
+    return CC_OK;
+}
+
+void cc_op_finish(cc_slot *slot, uint64_t s)
+{
+    cc_channel *ch = slot->channel;
+    bool freed = (s & ST_ARMED) && slot->free_state;
+    if (freed)
+        slot->free_state(slot->user);
+
+    cc_mutex_lock(&ch->lock);
+    if (slot->prev)
+        slot->prev->next = slot->next;
+    else
+        ch->inflight = slot->next;
+    if (slot->next)
+        slot->next->prev = slot->prev;
+    /* The new generation makes every copy of the handle stale (G10). */
+    atomic_store_explicit(&slot->state, (uint64_t)(ST_GEN(s) + 1) << 32,
+                          memory_order_release);
+    slot->next = ch->free;
+    ch->free = slot;
+    ch->nfree++;
+    ch->n_inflight--;
+    ch->ended++;
+    ch->free_states += freed;
+    bool wake = ch->closing && ch->n_inflight == 0;
+    if (ch->nfree > 2 * CC_SLOT_BATCH)
+        cc_channel_trim(ch);
+    cc_mutex_unlock(&ch->lock);
+    /* After the unlock this thread touches neither channel nor host: a
+     * waiting close may free both as soon as it sees the channel idle. */
+    if (wake)
+        cc_wake_all();
+}
