@@ -260,7 +260,9 @@ CC_API cc_status cc_host_report_callback_error(cc_host *host);
  * probability, drawn from a hash of (seed, rule, k): the same seed and the
  * same order of calls give the same faults. */
 typedef enum cc_fault_point {
-    CC_FAULT_AT_BEGIN = 0,     /* after the operation was admitted */
+    CC_FAULT_AT_BEGIN = 0,     /* after the operation was admitted (a begin
+                                  refused by the channel's or host's state
+                                  is no visit) */
     CC_FAULT_AT_REGISTER = 1,  /* after the registration succeeded (or, for
                                   CC_FAULT_NOMEM, instead of it) */
     CC_FAULT_AT_END = 2        /* before the operation ends */

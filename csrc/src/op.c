@@ -45,20 +45,18 @@ cc_status cc_op_begin(cc_channel *ch, cc_op **out)
     if (!ch || !out)
         return CC_E_INVALID_ARG;
     cc_host *host = ch->host;
-    unsigned faults = 0;
-    if (cc_faults_armed(host)) {
-        faults = cc_faults_visit(host, CC_FAULT_AT_BEGIN);
-        if (faults & (1u << CC_FAULT_NOMEM)) {
-            cc_faults_apply(host, ch, faults);
-            return CC_E_NOMEM;
-        }
-    }
-
     cc_mutex_lock(&ch->lock);
     cc_status st = admission(ch);
     if (st != CC_OK) {
         cc_mutex_unlock(&ch->lock);
         return st;
+    }
+    /* Only begins that would succeed visit the plan (its lock is a leaf). */
+    unsigned faults = cc_faults_armed(host) ? cc_faults_visit(host, CC_FAULT_AT_BEGIN) : 0;
+    if (faults & (1u << CC_FAULT_NOMEM)) {
+        cc_mutex_unlock(&ch->lock);
+        cc_faults_apply(host, ch, faults);
+        return CC_E_NOMEM;
     }
     if (!ch->free) {
         ch->nfree += cc_pool_take(&ch->free, CC_SLOT_BATCH);
@@ -271,8 +269,13 @@ void cc_op_finish(cc_slot *slot, uint64_t s)
 {
     cc_channel *ch = slot->channel;
     bool freed = (s & ST_ARMED) && slot->free_state;
-    if (freed)
+    if (freed) {
+        /* Still in flight: a close from in here could never finish. */
+        cc_frame frame;
+        cc_frame_push(&frame, slot, ch->host);
         slot->free_state(slot->user);
+        cc_frame_pop(&frame);
+    }
 
     cc_mutex_lock(&ch->lock);
     if (slot->prev)

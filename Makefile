@@ -1,0 +1,47 @@
+# The two commands the README promises, each doing its own set-up:
+#   make test   build from scratch and run every suite
+#   make demo   build and run the demonstration
+# Build trees live under build/; `make clean` removes them.
+
+CMAKE    ?= cmake
+CTEST    ?= ctest
+JOBS     ?= 2
+BUILD    ?= build
+# The stress suite scales its rounds; sanitizers slow it down.
+ASAN_SCALE ?= 0.4
+TSAN_SCALE ?= 0.15
+
+.PHONY: test test-c test-c-plain test-c-asan test-c-tsan bench demo clean
+
+test: test-c
+
+test-c: test-c-plain test-c-asan test-c-tsan
+
+# configure + build + ctest one flavour: $(call ctest_flavour,dir,cmake flags,env)
+define ctest_flavour
+	$(CMAKE) -S . -B $(BUILD)/$(1) -DCC_BUILD_BENCH=OFF $(2)
+	$(CMAKE) --build $(BUILD)/$(1) -j $(JOBS)
+	cd $(BUILD)/$(1) && $(3) $(CTEST) --output-on-failure
+endef
+
+test-c-plain:
+	$(call ctest_flavour,plain,-DCMAKE_BUILD_TYPE=Release,)
+
+test-c-asan:
+	$(call ctest_flavour,asan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_ADDRESS=ON,CC_STRESS_SCALE=$(ASAN_SCALE) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1)
+
+test-c-tsan:
+	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
+
+bench:
+	$(CMAKE) -S . -B $(BUILD)/bench -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_EXAMPLES=OFF
+	$(CMAKE) --build $(BUILD)/bench -j $(JOBS) --target cc_bench
+	$(BUILD)/bench/cc_bench
+
+demo:
+	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF
+	$(CMAKE) --build $(BUILD)/demo -j $(JOBS) --target blocking_service
+	$(BUILD)/demo/blocking_service
+
+clean:
+	rm -rf $(BUILD)

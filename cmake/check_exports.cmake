@@ -1,0 +1,31 @@
+# Compares the dynamic symbols a shared object defines with the functions
+# the public header declares (CC_API).  Run by ctest as `exports`.
+file(READ ${HEADER} header)
+string(REGEX MATCHALL "CC_API [^;(]*[ *]cc_[a-z0-9_]+\\(" decls "${header}")
+set(declared "")
+foreach(d IN LISTS decls)
+  string(REGEX MATCH "cc_[a-z0-9_]+\\($" name "${d}")
+  string(REPLACE "(" "" name "${name}")
+  list(APPEND declared ${name})
+endforeach()
+list(SORT declared)
+
+execute_process(COMMAND nm -D --defined-only ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "nm failed on ${LIB}")
+endif()
+string(REGEX MATCHALL "[TDBR] cc_[a-z0-9_]+" syms "${out}")
+set(exported "")
+foreach(s IN LISTS syms)
+  string(REGEX REPLACE "^[TDBR] " "" s "${s}")
+  list(APPEND exported ${s})
+endforeach()
+list(SORT exported)
+# The probe's own function is the only other symbol allowed.
+list(REMOVE_ITEM exported cc_header_alone_c)
+
+if(NOT exported STREQUAL declared)
+  message(FATAL_ERROR "exported: ${exported}\ndeclared: ${declared}")
+endif()
+list(LENGTH declared n)
+message(STATUS "exports: the ${n} functions of cancelcore.h and nothing else")
