@@ -1,15 +1,8 @@
 # Installs the header, the static library, a CMake package exporting
 # cancelcore::cancelcore, and a relocatable pkg-config file.  Destinations
 # are relative, so the same tree works from a prefix or inside a wheel.
-include(GNUInstallDirs)
+# CC_INSTALL_LIBDIR and CC_INSTALL_INCLUDEDIR are set by the top level.
 include(CMakePackageConfigHelpers)
-
-if(NOT DEFINED CC_INSTALL_LIBDIR)
-  set(CC_INSTALL_LIBDIR ${CMAKE_INSTALL_LIBDIR})
-endif()
-if(NOT DEFINED CC_INSTALL_INCLUDEDIR)
-  set(CC_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR})
-endif()
 set(CC_INSTALL_CMAKEDIR ${CC_INSTALL_LIBDIR}/cmake/cancelcore)
 
 install(TARGETS cancelcore EXPORT cancelcoreTargets

@@ -272,7 +272,8 @@ typedef enum cc_fault_action {
     CC_FAULT_CHANNEL = 0,      /* fault the operation's channel */
     CC_FAULT_ABORT_HOST = 1,   /* abort the host */
     CC_FAULT_NOMEM = 2         /* fail with CC_E_NOMEM, nothing changed
-                                  (begin and register only) */
+                                  (begin and register only); when it fires,
+                                  the visit's other faults are dropped */
 } cc_fault_action;
 
 /* Adds a rule.  CC_E_INVALID_ARG for an unknown point or action, NOMEM at
@@ -283,7 +284,7 @@ CC_API cc_status cc_host_fault_add(cc_host *host, cc_fault_point point,
                                    double probability);
 /* Removes every rule and restarts the visit counts with a new seed. */
 CC_API cc_status cc_host_fault_reset(cc_host *host, uint64_t seed);
-/* How many faults the plan has injected since its last reset. */
+/* How many faults the plan has injected since its last reset; 0 for NULL. */
 CC_API uint64_t cc_host_fault_count(const cc_host *host);
 
 #ifdef __cplusplus

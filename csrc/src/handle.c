@@ -6,8 +6,10 @@
  * value: the index finds the slot, the generation tells whether the slot
  * still holds that operation (G10).
  */
-#include <assert.h>
 #include <stdlib.h>
+#if defined(__unix__) || defined(__APPLE__)
+#  include <sys/mman.h>
+#endif
 
 #include "internal.h"
 
@@ -21,12 +23,24 @@ static cc_slot *g_free;       /* linked by ->next */
 static unsigned g_nfree;
 static uint32_t g_nslots;     /* slots in published chunks */
 
+/* Page-granular memory for a chunk: malloc would add a header page to every
+ * 256 KiB chunk, and slots must stay cache-line aligned. */
+static cc_slot *chunk_alloc(size_t bytes)
+{
+#if defined(__unix__) || defined(__APPLE__)
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+#else
+    return aligned_alloc(64, bytes);
+#endif
+}
+
 /* Publishes one more chunk of free slots.  Pool lock held. */
 static bool grow(void)
 {
     if (g_nslots >= CC_MAX_SLOTS)
         return false;
-    cc_slot *chunk = aligned_alloc(64, CC_CHUNK_SLOTS * sizeof(cc_slot));
+    cc_slot *chunk = chunk_alloc(CC_CHUNK_SLOTS * sizeof(cc_slot));
     if (!chunk)
         return false;
     for (uint32_t i = 0; i < CC_CHUNK_SLOTS; i++) {

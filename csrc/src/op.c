@@ -55,8 +55,7 @@ cc_status cc_op_begin(cc_channel *ch, cc_op **out)
     unsigned faults = cc_faults_armed(host) ? cc_faults_visit(host, CC_FAULT_AT_BEGIN) : 0;
     if (faults & (1u << CC_FAULT_NOMEM)) {
         cc_mutex_unlock(&ch->lock);
-        cc_faults_apply(host, ch, faults);
-        return CC_E_NOMEM;
+        return CC_E_NOMEM; /* nothing changed: other faults of this visit too */
     }
     if (!ch->free) {
         ch->nfree += cc_pool_take(&ch->free, CC_SLOT_BATCH);
@@ -137,7 +136,6 @@ cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
         unsigned faults = cc_faults_visit(host, CC_FAULT_AT_REGISTER);
         if (faults & (1u << CC_FAULT_NOMEM)) {
             unclaim(slot);
-            cc_faults_apply(host, ch, faults);
             return CC_E_NOMEM;
         }
         if (faults) {
