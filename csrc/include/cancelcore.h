@@ -211,6 +211,15 @@ CC_API cc_status cc_op_begin(cc_channel *channel, cc_op **out);
 CC_API cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
                                        cc_free_state_fn free_state, void *state);
 
+/* cc_op_begin and cc_op_register_cancel in one call, for language bindings
+ * that pay per crossing.  Returns the operation, or NULL with *status (if
+ * status is not NULL) set to the error of whichever step failed; a failed
+ * registration leaves no operation behind.  The callback may run inside
+ * this call (G3) if the operation is canceled as it begins. */
+CC_API cc_op *cc_op_begin_with_cancel(cc_channel *channel, cc_cancel_fn cancel,
+                                      cc_free_state_fn free_state, void *state,
+                                      cc_status *status);
+
 /* 1 if the operation has been canceled, 0 if not; for a NULL or stale
  * handle, CC_E_INVALID_OPERATION (negative, so truthy: stop the work).
  * The hot path: one atomic load of the operation's state word. */

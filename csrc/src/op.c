@@ -170,6 +170,24 @@ cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
     }
 }
 
+cc_op *cc_op_begin_with_cancel(cc_channel *ch, cc_cancel_fn cancel,
+                               cc_free_state_fn free_state, void *state,
+                               cc_status *status)
+{
+    cc_op *op = NULL;
+    cc_status st = cancel ? cc_op_begin(ch, &op) : CC_E_INVALID_ARG;
+    if (st == CC_OK) {
+        st = cc_op_register_cancel(op, cancel, free_state, state);
+        if (st != CC_OK) {
+            (void)cc_op_end(op);
+            op = NULL;
+        }
+    }
+    if (status)
+        *status = st;
+    return op;
+}
+
 /* -------------------------------------------------------------- getters */
 
 int cc_op_is_canceled(const cc_op *op)
