@@ -3,6 +3,8 @@
 #   make demo   build and run the demonstration
 # Build trees live under build/; `make clean` removes them.
 
+PYTHON   ?= python3
+VENV     ?= $(BUILD)/venv
 CMAKE    ?= cmake
 CTEST    ?= ctest
 JOBS     ?= 2
@@ -11,9 +13,21 @@ BUILD    ?= build
 ASAN_SCALE ?= 0.4
 TSAN_SCALE ?= 0.15
 
-.PHONY: test test-c test-c-plain test-c-asan test-c-tsan bench demo clean
+.PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py demo demo-c clean
 
-test: test-c
+test: test-c test-py
+
+# A fresh virtual environment with the wheel built and installed from this
+# tree (not an editable install: the test runs what users get).
+venv:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q ".[test]"
+
+test-py: venv
+	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python tests/leak/valgrind_check.py $(VENV)/bin/python
 
 test-c: test-c-plain test-c-asan test-c-tsan
 
@@ -33,12 +47,20 @@ test-c-asan:
 test-c-tsan:
 	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
 
-bench:
+bench: bench-c bench-py
+
+bench-py: venv
+	$(VENV)/bin/python bench/bench_python.py
+
+bench-c:
 	$(CMAKE) -S . -B $(BUILD)/bench -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_EXAMPLES=OFF
 	$(CMAKE) --build $(BUILD)/bench -j $(JOBS) --target cc_bench
 	$(BUILD)/bench/cc_bench
 
-demo:
+demo: venv
+	$(VENV)/bin/python -m cancelcore demo
+
+demo-c:
 	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF
 	$(CMAKE) --build $(BUILD)/demo -j $(JOBS) --target blocking_service
 	$(BUILD)/demo/blocking_service

@@ -303,6 +303,7 @@ void cc_op_finish(cc_slot *slot, uint64_t s)
     /* The new generation makes every copy of the handle stale (G10). */
     atomic_store_explicit(&slot->state, (uint64_t)(ST_GEN(s) + 1) << 32,
                           memory_order_release);
+    slot->channel = NULL; /* no stale pointer keeps a freed channel "reachable" */
     slot->next = ch->free;
     ch->free = slot;
     ch->nfree++;
