@@ -221,18 +221,22 @@ CC_API cc_op *cc_op_begin_with_cancel(cc_channel *channel, cc_cancel_fn cancel,
                                       cc_status *status);
 
 /* 1 if the operation has been canceled, 0 if not; for a NULL or stale
- * handle, CC_E_INVALID_OPERATION (negative, so truthy: stop the work).
+ * handle, CC_E_INVALID_OPERATION (negative, so truthy: stop the work).  A
+ * handle is stale once its cc_op_end has begun (so also inside its
+ * free-state callback), except inside its own cancel callback.
  * The hot path: one atomic load of the operation's state word. */
 CC_API int cc_op_is_canceled(const cc_op *op);
 
 /* CC_HOST_ABORT or CC_CHANNEL_FAULTED (the first trigger wins, G6),
- * CC_NOT_CANCELED, or CC_REASON_INVALID for a NULL or stale handle. */
+ * CC_NOT_CANCELED, or CC_REASON_INVALID for a NULL or stale handle (as for
+ * cc_op_is_canceled). */
 CC_API cc_reason cc_op_reason(const cc_op *op);
 
-/* Ends the operation (its completion, G4/G5): no cancel callback starts
- * after this call began; if one is running on another thread, this waits
- * (on a condition) for it to return; then free-state runs on this thread and
- * the handle becomes stale.  Called from inside the operation's own cancel
+/* Ends the operation (its completion, G4/G5): the handle is stale from the
+ * moment this call begins, and no cancel callback starts after that (one
+ * that an abort had queued but not started is dropped); if one is running
+ * on another thread, this waits (on a condition) for it to return; then
+ * free-state runs on this thread.  Called from inside the operation's own cancel
  * callback it does not wait: it returns CC_OK at once and free-state runs
  * right after that callback returns.  CC_E_INVALID_OPERATION for an
  * operation already ended (G10). */

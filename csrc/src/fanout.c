@@ -75,34 +75,48 @@ static void count_cancel(cc_host *host, cc_reason reason)
 
 void cc_run_cancel(cc_host *host, cc_slot *slot, cc_reason reason)
 {
-    cc_frame frame;
-    cc_frame_push(&frame, slot, host);
-    slot->cancel(reason, slot->user);
-    cc_frame_pop(&frame);
-    count_cancel(host, reason);
+    /* Start the callback unless an end overtook the claim first (G5). */
+    uint64_t s = atomic_load_explicit(&slot->state, memory_order_acquire);
+    while (!(s & ST_ENDING))
+        if (atomic_compare_exchange_weak_explicit(&slot->state, &s, s | ST_INVOKED,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            break;
+    bool invoked = !(s & ST_ENDING);
+    if (invoked) {
+        cc_frame frame;
+        cc_frame_push(&frame, slot, host);
+        slot->cancel(reason, slot->user);
+        cc_frame_pop(&frame);
+        count_cancel(host, reason);
+    }
 
     /* Hand the slot back.  A waiting end sleeps under the wait lock, so
-     * clear ST_RUNNING under it too: the waiter cannot wake before we are
+     * clear the claim under it too: the waiter cannot wake before we are
      * done touching anything. */
-    uint64_t s = atomic_load_explicit(&slot->state, memory_order_acquire);
+    const uint64_t claim = ST_RUNNING | ST_INVOKED;
+    s = atomic_load_explicit(&slot->state, memory_order_acquire);
     for (;;) {
         if (s & ST_WAITING) {
             cc_wait_lock();
-            atomic_fetch_and_explicit(&slot->state, ~(uint64_t)ST_RUNNING,
-                                      memory_order_acq_rel);
+            atomic_fetch_and_explicit(&slot->state, ~claim, memory_order_acq_rel);
             cc_wake_all_locked();
             cc_wait_unlock();
             return;
         }
-        if (atomic_compare_exchange_weak_explicit(&slot->state, &s, s & ~(uint64_t)ST_RUNNING,
+        if (atomic_compare_exchange_weak_explicit(&slot->state, &s, s & ~claim,
                                                   memory_order_acq_rel,
                                                   memory_order_acquire))
             break;
     }
-    /* ST_ENDING without ST_WAITING: the callback ended its own operation,
-     * and left the rest of the end to us (G5). */
-    if (s & ST_ENDING)
-        cc_op_finish(slot, s & ~(uint64_t)ST_RUNNING);
+    s &= ~claim;
+    if (!(s & ST_ENDING))
+        return;
+    if (invoked)
+        cc_op_finish(slot, s); /* the callback ended its own operation (G5) */
+    else if (s & ST_FREED)
+        cc_op_release(slot, s); /* the overtaking end is done with it */
+    /* else the overtaking end is still in free-state and releases itself */
 }
 
 uint64_t cc_cancel_ending(cc_host *host, cc_slot *slot, unsigned faults)

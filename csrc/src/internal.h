@@ -31,7 +31,10 @@ enum {
     ST_RUNNING = 1u << 5,    /* a thread owns the cancel callback's run */
     ST_FIRED = 1u << 6,      /* the cancel callback was claimed (G1) */
     ST_ENDING = 1u << 7,     /* cc_op_end began: no cancel may start (G5) */
-    ST_WAITING = 1u << 8     /* cc_op_end sleeps until the slot is not busy */
+    ST_WAITING = 1u << 8,    /* cc_op_end sleeps until the slot is not busy */
+    ST_INVOKED = 1u << 9,    /* the claimed callback has started (else queued) */
+    ST_FREED = 1u << 10      /* an end that overtook a queued callback ran
+                                free-state; the claim's owner releases */
 };
 #define ST_FLAGS 0xffffffffu
 #define ST_GEN(s) ((uint32_t)((s) >> 32))
@@ -221,9 +224,12 @@ void cc_frame_pop(cc_frame *frame);
  * operation, or (slot NULL) of any operation of `host`. */
 bool cc_in_callback(const cc_slot *slot, const cc_host *host);
 
-/* Runs free-state if due, then returns the slot to its channel.  The
- * caller owns the end (ST_ENDING set, slot not busy); s is its state. */
+/* Runs free-state if due (cc_op_free_state), then returns the slot to its
+ * channel (cc_op_release).  The caller owns the end: ST_ENDING set and the
+ * slot not busy, or the last one out of an overtaken claim. */
 void cc_op_finish(cc_slot *slot, uint64_t s);
+void cc_op_free_state(cc_slot *slot, uint64_t s);
+void cc_op_release(cc_slot *slot, uint64_t s);
 
 /* Waits until no operation of the host is in flight, or until deadline_ns
  * (monotonic; < 0: forever).  False on timeout.  Host lock not held. */

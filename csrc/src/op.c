@@ -18,14 +18,19 @@ static inline bool cas_state(cc_slot *slot, uint64_t *expected, uint64_t desired
                                                  memory_order_acquire);
 }
 
-/* The slot of a live operation, or NULL (its state word in *s). */
+/* The slot of an operation still valid to use, or NULL (its state word in
+ * *s).  Once cc_op_end began the handle is stale (G10), even while the slot
+ * is still being released -- except inside a cancel callback already
+ * running, which may still read its operation. */
 static inline cc_slot *live_slot(const cc_op *op, uint32_t *gen, uint64_t *s)
 {
     cc_slot *slot = cc_handle_slot(op, gen);
     if (!slot)
         return NULL;
     *s = load_state(slot);
-    return cc_gen_live(*s, *gen) ? slot : NULL;
+    if (!cc_gen_live(*s, *gen) || (*s & (ST_ENDING | ST_INVOKED)) == ST_ENDING)
+        return NULL;
+    return slot;
 }
 
 /* ---------------------------------------------------------------- begin */
@@ -223,6 +228,20 @@ static uint64_t wait_not_busy(cc_slot *slot)
     return s;
 }
 
+/* The end overtook a queued callback (ST_ENDING set while claimed and not
+ * invoked).  Free-state runs now; the slot is released by whichever of us
+ * and the claim's owner lets go last. */
+static cc_status overtake(cc_slot *slot, uint64_t s)
+{
+    cc_op_free_state(slot, s);
+    s = load_state(slot);
+    while (s & ST_RUNNING)
+        if (cas_state(slot, &s, s | ST_FREED))
+            return CC_OK; /* the owner releases when it reaches the slot */
+    cc_op_release(slot, s);
+    return CC_OK;
+}
+
 cc_status cc_op_end(cc_op *op)
 {
     if (!op)
@@ -243,6 +262,13 @@ cc_status cc_op_end(cc_op *op)
             }
             continue;
         }
+        if ((s & ST_RUNNING) && !(s & ST_INVOKED)) {
+            /* A fan-out claimed the callback but has not started it: the
+             * end overtakes it, so it never starts (G5), and nobody waits. */
+            if (cas_state(slot, &s, s | ST_ENDING))
+                return overtake(slot, s | ST_ENDING);
+            continue;
+        }
         if (cc_in_callback(slot, NULL)) {
             /* Ended from inside its own callback (or registration): the
              * thread that owns the busy slot finishes it on return (G5). */
@@ -256,7 +282,8 @@ cc_status cc_op_end(cc_op *op)
         cc_wait_lock();
         s = load_state(slot);
         bool claimed = false;
-        while (cc_gen_live(s, gen) && !(s & ST_ENDING) && st_busy(s)) {
+        while (cc_gen_live(s, gen) && !(s & ST_ENDING) && st_busy(s)
+               && !((s & ST_RUNNING) && !(s & ST_INVOKED))) {
             if (cas_state(slot, &s, s | ST_ENDING | ST_WAITING)) {
                 claimed = true;
                 break;
@@ -283,16 +310,25 @@ cc_status cc_op_end(cc_op *op)
 
 void cc_op_finish(cc_slot *slot, uint64_t s)
 {
+    cc_op_free_state(slot, s);
+    cc_op_release(slot, s);
+}
+
+void cc_op_free_state(cc_slot *slot, uint64_t s)
+{
+    if (!(s & ST_ARMED) || !slot->free_state)
+        return;
+    /* Still in flight: a close from in here could never finish. */
+    cc_frame frame;
+    cc_frame_push(&frame, slot, slot->channel->host);
+    slot->free_state(slot->user);
+    cc_frame_pop(&frame);
+}
+
+void cc_op_release(cc_slot *slot, uint64_t s)
+{
     cc_channel *ch = slot->channel;
     bool freed = (s & ST_ARMED) && slot->free_state;
-    if (freed) {
-        /* Still in flight: a close from in here could never finish. */
-        cc_frame frame;
-        cc_frame_push(&frame, slot, ch->host);
-        slot->free_state(slot->user);
-        cc_frame_pop(&frame);
-    }
-
     cc_mutex_lock(&ch->lock);
     if (slot->prev)
         slot->prev->next = slot->next;

@@ -471,6 +471,54 @@ static void g11_callbacks_reenter(void)
     cc_host_free(host);
 }
 
+/* G11 + G5: a callback ends another operation whose callback the same
+ * abort has claimed but not started.  The end overtakes it: no deadlock,
+ * that callback never starts after its end began, both free-states run. */
+typedef struct pair_op {
+    record r;
+    struct pair_op *other;
+} pair_op;
+
+static void end_the_other(cc_reason reason, void *state)
+{
+    pair_op *p = state;
+    on_cancel(reason, &p->r);
+    p->r.inner_status = cc_op_end(p->other->r.op);
+}
+
+static void pair_free(void *state) { on_free(&((pair_op *)state)->r); }
+
+static void g11_callback_ends_queued_op(void)
+{
+    cc_channel *ch;
+    cc_host *host = open_host(&ch);
+    pair_op a, b;
+    record_init(&a.r);
+    record_init(&b.r);
+    a.other = &b;
+    b.other = &a;
+    CHECK_ST(cc_op_begin(ch, &a.r.op), CC_OK);
+    CHECK_ST(cc_op_begin(ch, &b.r.op), CC_OK);
+    CHECK_ST(cc_op_register_cancel(a.r.op, end_the_other, pair_free, &a), CC_OK);
+    CHECK_ST(cc_op_register_cancel(b.r.op, end_the_other, pair_free, &b), CC_OK);
+    CHECK_ST(cc_host_abort(host), CC_OK);
+    pair_op *first = atomic_load(&a.r.cancels) ? &a : &b;
+    CHECK_EQ_U(atomic_load(&a.r.cancels) + atomic_load(&b.r.cancels), 1);
+    CHECK_ST(first->r.inner_status, CC_OK);
+    CHECK_EQ_U(atomic_load(&first->other->r.frees), 1); /* the overtaken one */
+    CHECK_EQ_U(atomic_load(&first->other->r.cancel_after_free), 0);
+    CHECK(cc_op_is_canceled(first->other->r.op) == CC_E_INVALID_OPERATION);
+    CHECK_ST(cc_op_end(first->r.op), CC_OK);
+    CHECK_EQ_U(atomic_load(&first->r.frees), 1);
+    cc_stats st;
+    CHECK_ST(cc_host_get_stats(host, &st), CC_OK);
+    CHECK_EQ_U(st.ops_in_flight, 0);
+    CHECK_EQ_U(st.free_states_run, 2);
+    CHECK_EQ_U(st.cancels_host_abort, 1);
+    CHECK_ST(cc_host_close(host, 0), CC_OK);
+    cc_host_free(host);
+}
+
 /* G12: the states' numbers (the full table is in test_api.c). */
 static void g12_state_numbers(void)
 {
@@ -529,6 +577,7 @@ int main(void)
     RUN(g9_fault_is_per_channel);
     RUN(g10_stale_handles);
     RUN(g11_callbacks_reenter);
+    RUN(g11_callback_ends_queued_op);
     RUN(g12_state_numbers);
     RUN(g13_callback_errors_counted);
     return TEST_EXIT();
