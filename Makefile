@@ -26,6 +26,7 @@ venv:
 	$(VENV)/bin/pip install -q ".[test]"
 
 test-py: venv
+	$(VENV)/bin/python -m mypy --strict python/cancelcore
 	$(VENV)/bin/python -m pytest -q tests
 	$(VENV)/bin/python tests/leak/valgrind_check.py $(VENV)/bin/python
 

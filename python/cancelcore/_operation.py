@@ -238,7 +238,7 @@ class OperationContext:
         user = self._user
         host._live.discard(self)
         self._handle = None
-        self.__class__ = _EndedOperationContext  # type: ignore[assignment]
+        self.__class__ = _EndedOperationContext
         if user is not None and user[1] is not None:
             next(host._free_states)
             try:
@@ -269,12 +269,12 @@ class _EndedOperationContext(OperationContext):
     def __repr__(self) -> str:
         return "<OperationContext ended>"
 
-    @property  # type: ignore[override]
-    def canceled(self) -> bool:
+    @property
+    def canceled(self) -> bool:  # type: ignore[override]
         raise _invalid("the operation has ended")
 
-    @property  # type: ignore[override]
-    def cancel_reason(self) -> Optional[CancelReason]:
+    @property
+    def cancel_reason(self) -> Optional[CancelReason]:  # type: ignore[override]
         raise _invalid("the operation has ended")
 
     def register_for_cancel(self, *args: Any, **kwargs: Any) -> None:
