@@ -1,0 +1,236 @@
+"""Real servers: client disconnects and server shutdown as call cancellation.
+
+``CancellationMiddleware`` wraps any ASGI 3 application.  Each HTTP request
+runs as an operation on a channel of its own, so:
+
+- the client disconnecting before the response is complete faults that
+  channel: the request's cancel callbacks fire once with ``CHANNEL_FAULTED``
+  and its task is cancelled (a disconnect delivered twice fires nothing
+  twice: G1);
+- a request that completes normally fires no cancel, and its free-state
+  callback runs once when it ends;
+- when the server gives up on in-flight requests at shutdown (uvicorn's
+  ``timeout_graceful_shutdown``), they are canceled with ``HOST_ABORT``, and
+  lifespan shutdown closes the host (waiting up to ``close_timeout``, then
+  aborting).
+
+Inside a request, ``cancelcore.current_operation()`` is its context, also in
+sync endpoints a framework runs in a thread pool (they copy the context).
+``serve()`` runs an app under uvicorn with this wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, Awaitable, Callable, MutableMapping, Optional
+
+from ._enums import HostState
+from ._errors import CancelCoreError
+from ._host import ServiceHost
+from ._operation import OperationContext
+
+__all__ = ["CancellationMiddleware", "serve"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The message uvicorn cancels request tasks with when its graceful shutdown
+# times out; other servers' shutdown cancellations are recognised by the
+# host no longer being open.
+_SHUTDOWN_HINTS = ("graceful shutdown",)
+
+
+class _Request:
+    """What the middleware tracks of one HTTP request."""
+
+    __slots__ = ("response_started", "response_complete", "disconnected")
+
+    def __init__(self) -> None:
+        self.response_started = False
+        self.response_complete = False
+        self.disconnected = False
+
+
+class CancellationMiddleware:
+    """Runs each HTTP request of ``app`` as a cancelcore operation.
+
+    ``host``: the ServiceHost to run requests on; by default one is created
+    with ``close_timeout`` and opened.  It is ``.host``.  Requests that arrive
+    when the host is not open get ``503 Service Unavailable``.
+    """
+
+    def __init__(self, app: ASGIApp, host: Optional[ServiceHost] = None, close_timeout: float = 5.0) -> None:
+        if not callable(app):
+            raise TypeError("app must be an ASGI application")
+        if host is None:
+            host = ServiceHost(close_timeout=close_timeout)
+            host.open()
+        elif not isinstance(host, ServiceHost):
+            raise TypeError("host must be a ServiceHost or None")
+        self.app = app
+        self.host = host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # ----------------------------------------------------------------- http
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            channel = self.host.accept_channel()
+        except CancelCoreError:
+            await _unavailable(send)
+            return
+        request = _Request()
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def app_receive() -> Message:
+            if request.disconnected and inbox.empty():
+                return {"type": "http.disconnect"}
+            return await inbox.get()
+
+        async def app_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                request.response_started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                request.response_complete = True
+            await send(message)
+
+        async def operation(ctx: OperationContext) -> None:
+            await self.app(scope, app_receive, app_send)
+
+        with channel:
+            try:
+                task: asyncio.Task[None] = self.host.dispatch(channel, operation)  # type: ignore[assignment]
+            except CancelCoreError:
+                await _unavailable(send)
+                return
+            pump = asyncio.ensure_future(_pump(receive, inbox, channel, request))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError as exc:
+                if not task.done():
+                    # The server cancelled the request itself.  Let it unwind
+                    # so its callbacks and free-state run, then step aside.
+                    shutdown = self._server_gave_up(channel, exc)
+                    await asyncio.wait([task])
+                    if not shutdown:
+                        raise
+                    # At shutdown the request is over and accounted for:
+                    # answer 503 if nothing was sent yet, and end quietly
+                    # rather than as an "exception in ASGI application".
+                    if not request.response_started and not request.disconnected:
+                        await _unavailable(send)
+                    current = asyncio.current_task()
+                    if current is not None and hasattr(current, "uncancel"):
+                        current.uncancel()
+                # Our own cancellation: the client left or the host aborted.
+            finally:
+                pump.cancel()
+
+    def _server_gave_up(self, channel: Any, exc: asyncio.CancelledError) -> bool:
+        """At shutdown that is the host's abort (G7): True.  Otherwise
+        (say, an outer timeout) only this request's channel faults."""
+        message = " ".join(str(a) for a in exc.args)
+        if any(h in message for h in _SHUTDOWN_HINTS) or self.host.state != HostState.OPEN:
+            self.host.abort()
+            return True
+        channel.fault()
+        return False
+
+    # ------------------------------------------------------------- lifespan
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = False
+
+        async def lifespan_receive() -> Message:
+            nonlocal received
+            received = True
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.aclose()
+            return message
+
+        try:
+            await self.app(scope, lifespan_receive, send)
+        except Exception:
+            if received:
+                raise
+            # An app without lifespan support: speak the protocol for it,
+            # so the host is still closed at shutdown.
+            await _own_lifespan(receive, send, self.aclose)
+
+    async def aclose(self) -> bool:
+        """Closes the host (G8) without blocking the event loop: in-flight
+        requests get the close timeout to finish, then are canceled with
+        ``HOST_ABORT``.  Returns what ``ServiceHost.close`` returns; True if
+        the host was not open."""
+        if self.host.state not in (HostState.OPEN, HostState.FAULTED):
+            return True
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.host.close)
+
+
+async def _pump(receive: Receive, inbox: asyncio.Queue[Message], channel: Any, request: _Request) -> None:
+    """Reads the server's messages for the app, and notices the disconnect
+    even while the app is not reading."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            request.disconnected = True
+            if not request.response_complete:
+                channel.fault()  # idempotent: a second disconnect is a no-op
+            inbox.put_nowait(message)
+            return
+        inbox.put_nowait(message)
+
+
+async def _unavailable(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"service unavailable\n"})
+
+
+async def _own_lifespan(receive: Receive, send: Send, close: Callable[[], Awaitable[bool]]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    close_timeout: float = 5.0,
+    service_host: Optional[ServiceHost] = None,
+    **uvicorn_options: Any,
+) -> None:
+    """Runs ``app`` under uvicorn with cancellation-aware graceful shutdown:
+    at shutdown, in-flight requests get ``close_timeout`` seconds to finish,
+    then their cancel callbacks fire with ``HOST_ABORT`` and their state is
+    freed as they unwind.  ``app`` is wrapped in ``CancellationMiddleware``
+    unless it already is one."""
+    import uvicorn
+
+    if not isinstance(app, CancellationMiddleware):
+        app = CancellationMiddleware(app, host=service_host, close_timeout=close_timeout)
+    uvicorn_options.setdefault("lifespan", "on")
+    config = uvicorn.Config(app, host=host, port=port,
+                            timeout_graceful_shutdown=math.ceil(close_timeout), **uvicorn_options)
+    uvicorn.Server(config).run()
