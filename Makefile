@@ -10,8 +10,8 @@ CTEST    ?= ctest
 JOBS     ?= 2
 BUILD    ?= build
 # The stress suite scales its rounds; sanitizers slow it down.
-ASAN_SCALE ?= 0.4
-TSAN_SCALE ?= 0.15
+ASAN_SCALE ?= 1.0
+TSAN_SCALE ?= 0.5
 
 .PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py demo demo-c clean
 
