@@ -211,14 +211,24 @@ CC_API cc_status cc_op_begin(cc_channel *channel, cc_op **out);
 CC_API cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
                                        cc_free_state_fn free_state, void *state);
 
-/* cc_op_begin and cc_op_register_cancel in one call, for language bindings
- * that pay per crossing.  Returns the operation, or NULL with *status (if
- * status is not NULL) set to the error of whichever step failed; a failed
- * registration leaves no operation behind.  The callback may run inside
- * this call (G3) if the operation is canceled as it begins. */
+/* For language bindings that pay per crossing and keep their users'
+ * registrations themselves: cc_op_begin and cc_op_register_cancel in one
+ * call, the registration being the binding's own, so it is no visit of the
+ * fault plan's CC_FAULT_AT_REGISTER point (see cc_op_visit_register_faults).
+ * Returns the operation, or NULL with *status (if status is not NULL) set to
+ * the error of whichever step failed, leaving no operation behind.  The
+ * callback may run inside this call (G3) if the operation is canceled as it
+ * begins. */
 CC_API cc_op *cc_op_begin_with_cancel(cc_channel *channel, cc_cancel_fn cancel,
                                       cc_free_state_fn free_state, void *state,
                                       cc_status *status);
+
+/* The fault plan's CC_FAULT_AT_REGISTER visit, for a binding registering
+ * its user's callbacks on an operation begun by cc_op_begin_with_cancel:
+ * CC_E_NOMEM if a NOMEM rule fired (nothing changed: fail the user's
+ * registration), else CC_OK after carrying out any channel fault or host
+ * abort that fired.  CC_E_INVALID_OPERATION for a stale operation. */
+CC_API cc_status cc_op_visit_register_faults(cc_op *op);
 
 /* 1 if the operation has been canceled, 0 if not; for a NULL or stale
  * handle, CC_E_INVALID_OPERATION (negative, so truthy: stop the work).  A

@@ -116,8 +116,38 @@ static void unclaim(cc_slot *slot)
         cc_op_finish(slot, s & ~(uint64_t)ST_REG);
 }
 
+static cc_status register_cancel(cc_op *op, cc_cancel_fn cancel, cc_free_state_fn free_state,
+                                 void *state, bool visit_faults);
+
 cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
                                 cc_free_state_fn free_state, void *state)
+{
+    return register_cancel(op, cancel, free_state, state, true);
+}
+
+cc_status cc_op_visit_register_faults(cc_op *op)
+{
+    if (!op)
+        return CC_E_INVALID_ARG;
+    uint32_t gen;
+    uint64_t s;
+    cc_slot *slot = live_slot(op, &gen, &s);
+    if (!slot)
+        return CC_E_INVALID_OPERATION;
+    /* The binding's own registration keeps the slot in flight while its
+     * caller holds the handle, so the channel read here is alive. */
+    cc_channel *ch = slot->channel;
+    if (!cc_faults_armed(ch->host))
+        return CC_OK;
+    unsigned faults = cc_faults_visit(ch->host, CC_FAULT_AT_REGISTER);
+    if (faults & (1u << CC_FAULT_NOMEM))
+        return CC_E_NOMEM;
+    cc_faults_apply(ch->host, ch, faults);
+    return CC_OK;
+}
+
+static cc_status register_cancel(cc_op *op, cc_cancel_fn cancel, cc_free_state_fn free_state,
+                                 void *state, bool visit_faults)
 {
     if (!op || !cancel)
         return CC_E_INVALID_ARG;
@@ -137,7 +167,7 @@ cc_status cc_op_register_cancel(cc_op *op, cc_cancel_fn cancel,
 
     cc_channel *ch = slot->channel;
     cc_host *host = ch->host;
-    if (cc_faults_armed(host)) {
+    if (visit_faults && cc_faults_armed(host)) {
         unsigned faults = cc_faults_visit(host, CC_FAULT_AT_REGISTER);
         if (faults & (1u << CC_FAULT_NOMEM)) {
             unclaim(slot);
@@ -182,7 +212,7 @@ cc_op *cc_op_begin_with_cancel(cc_channel *ch, cc_cancel_fn cancel,
     cc_op *op = NULL;
     cc_status st = cancel ? cc_op_begin(ch, &op) : CC_E_INVALID_ARG;
     if (st == CC_OK) {
-        st = cc_op_register_cancel(op, cancel, free_state, state);
+        st = register_cancel(op, cancel, free_state, state, false);
         if (st != CC_OK) {
             (void)cc_op_end(op);
             op = NULL;

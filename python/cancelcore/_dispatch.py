@@ -64,7 +64,10 @@ def run_async(channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...]) -
             ctx.end()
 
     task = loop.create_task(operation())
+    live = channel._host._async_live
+    live.add(ctx)
     task.add_done_callback(functools.partial(_end_unstarted, ctx))
+    task.add_done_callback(lambda _: live.discard(ctx))
     ctx._add_hook(functools.partial(_cancel_task, loop, task, ctx))
     return task
 

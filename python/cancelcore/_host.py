@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import functools
 import itertools
 import math
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Coroutine, Optional, TypeVar, Union, overload
 
 from . import _dispatch
 from ._cancelcore import ffi, lib
@@ -38,9 +40,13 @@ def _ms(seconds: float) -> int:
 
 
 def _count(counter: itertools.count[int]) -> int:
-    # itertools.count is the GIL-atomic counter of CPython; its repr is
-    # the only way to read it without advancing it.
-    return int(repr(counter)[6:-1])
+    # itertools.count is CPython's GIL-atomic counter (one C call to bump,
+    # no lock on the hot path); its repr, "count(N)", is the one way to read
+    # it without advancing it.
+    text = repr(counter)
+    if not (text.startswith("count(") and text.endswith(")")):
+        raise RuntimeError(f"unexpected itertools.count repr {text!r}")
+    return int(text[6:-1])
 
 
 class ServiceHost:
@@ -64,8 +70,10 @@ class ServiceHost:
         # Contexts whose operation C may still call back about: they, and so
         # their cffi handles, stay alive until they end.
         self._live: set[OperationContext] = set()
+        self._async_live: set[OperationContext] = set()  # dispatched coroutines
         self._free_states = itertools.count()
         self._cancel_callbacks = itertools.count()
+        self._faults_armed = False  # read by register_for_cancel
         self._faults = FaultPlan(self)
         self._max_workers = max_workers
         self._executor: Optional[ThreadPoolExecutor] = None
@@ -108,6 +116,19 @@ class ServiceHost:
         every operation ended without being canceled by an abort during the
         close, False if the timeout expired or the host was aborted."""
         ms = -1 if timeout is None else _ms(_seconds(timeout, "timeout"))
+        me = threading.get_ident()
+        if any(ctx._firing == me for ctx in list(self._live)):
+            # Inside a cancel callback of one of our operations (one run by
+            # register_for_cancel, G3, which C does not see): close would
+            # wait for an operation that cannot end before we return.
+            raise InvalidOperationError("close() from inside a cancel callback of this host")
+        if self._async_live and _on_loop_thread():
+            # Blocking here would starve the loop its async operations need
+            # to finish, or to see their cancellation: they never could.
+            raise InvalidOperationError(
+                "close() on the event loop thread with async operations in flight "
+                "would deadlock; use `await host.aclose()`"
+            )
         status = lib.cc_host_close(self._ptr, ms)
         if status == lib.CC_E_TIMEOUT or status == lib.CC_E_OPERATION_ABORTED:
             graceful = False
@@ -117,6 +138,15 @@ class ServiceHost:
             graceful = True
         self._shutdown_executor()
         return graceful
+
+    async def aclose(self, timeout: Optional[float] = None) -> bool:
+        """``close()`` for coroutines: waits on a worker thread, so the
+        event loop keeps running the operations being waited for."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self._close_blocking, timeout))
+
+    def _close_blocking(self, timeout: Optional[float]) -> bool:
+        return self.close(timeout)
 
     def abort(self) -> None:
         """Cancels every in-flight operation with ``HOST_ABORT`` (their
@@ -129,6 +159,18 @@ class ServiceHost:
         status = lib.cc_host_reset(self._ptr)
         if status:
             raise_status(status, f"reset a host in state {self.state.name}")
+
+    async def __aenter__(self) -> ServiceHost:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self.state in (HostState.OPEN, HostState.FAULTED):
+            await self.aclose()
 
     def __enter__(self) -> ServiceHost:
         if self.state == HostState.CREATED:
@@ -188,7 +230,15 @@ class ServiceHost:
 
     # ------------------------------------------------------------ dispatch
 
-    def dispatch(self, channel: Channel, fn: Callable[..., Any], *args: Any) -> Union[Future[Any], Any]:
+    @overload
+    def dispatch(  # type: ignore[overload-overlap]
+        self, channel: Channel, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> asyncio.Task[T]: ...
+
+    @overload
+    def dispatch(self, channel: Channel, fn: Callable[..., T], *args: Any) -> Future[T]: ...
+
+    def dispatch(self, channel: Channel, fn: Callable[..., Any], *args: Any) -> Union[Future[Any], asyncio.Task[Any]]:
         """Begins an operation on ``channel`` and runs ``fn(ctx, *args)``.
 
         A plain function runs on the host's worker threads and a
@@ -221,6 +271,14 @@ class ServiceHost:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False)
+
+
+def _on_loop_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _free_host(ptr: Any, live: set[OperationContext]) -> None:
@@ -351,6 +409,8 @@ class FaultPlan:
         if not 0 <= every < 2**32:
             raise ValueError("every must be in [0, 2**32)")
         status = lib.cc_host_fault_add(self._host._ptr, at, action, every, float(probability))
+        if status == lib.CC_OK:
+            self._host._faults_armed = True
         if status == lib.CC_E_NOMEM:
             raise ValueError("a fault plan holds at most 16 rules")
         if status:
@@ -364,6 +424,7 @@ class FaultPlan:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError("seed must be an int")
         lib.cc_host_fault_reset(self._host._ptr, seed & (2**64 - 1))
+        self._host._faults_armed = False
 
     @property
     def injected(self) -> int:

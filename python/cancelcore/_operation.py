@@ -9,9 +9,9 @@ trampoline (G5) and that no trampoline starts after the end began.
 
 What Python adds on top is arbitrated by claims: a set of tokens per context
 whose ``remove`` is atomic under the GIL.  ``_REG`` is the one registration
-(G2), ``_FIRE`` the one run of the user's cancel callback (G1; taken by the
-end too, so no cancel starts after completion, G5), ``_END`` the one end
-(G10).  The free-state callback runs in Python right after ``cc_op_end``
+(G2; taken by the end too, so no registration succeeds after it began),
+``_FIRE`` the one run of the user's cancel callback (G1; taken by the end
+too, so no cancel starts after completion, G5), ``_END`` the one end (G10).  The free-state callback runs in Python right after ``cc_op_end``
 returns, so completing an operation costs no C-to-Python round trip.
 """
 
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._cancelcore import ffi, lib
 from ._enums import CancelReason
+from ._errors import raise_status
 
 if TYPE_CHECKING:
     from ._host import ServiceHost
@@ -40,7 +42,9 @@ log = logging.getLogger("cancelcore")
 _REG, _FIRE, _END = 0, 1, 2
 _REASONS = (CancelReason.HOST_ABORT, CancelReason.CHANNEL_FAULTED)
 _get_ident = threading.get_ident
+_sleep = time.sleep
 _op_end = lib.cc_op_end
+_visit_register_faults = lib.cc_op_visit_register_faults
 
 _current: ContextVar[Optional[OperationContext]] = ContextVar(
     "cancelcore_current_operation", default=None
@@ -164,7 +168,17 @@ class OperationContext:
         try:
             tokens.remove(_REG)
         except KeyError:
+            if _END not in tokens:
+                raise _invalid("register on an operation that has ended") from None
             raise _invalid("the operation already has its registration") from None
+        if self._host._faults_armed:
+            # The fault plan's REGISTER point: a channel fault or abort lands
+            # here, before the callbacks are published, so on_cancel runs
+            # below (G3); NOMEM fails the registration, changing nothing.
+            status = _visit_register_faults(self._op)
+            if status:
+                tokens.add(_REG)
+                raise_status(status, "register_for_cancel")
         self._user = (on_cancel, on_free_state, state)
         if self.canceled:
             # The cancel was delivered before this registration (G3).  An end
@@ -216,21 +230,33 @@ class OperationContext:
             tokens.remove(_END)
         except KeyError:
             raise _invalid("the operation has already ended") from None
+        try:
+            tokens.remove(_REG)  # no registration can succeed from here on
+        except KeyError:
+            # One claimed it first: wait the few bytecodes until it has
+            # published its callbacks (or given the claim back), so
+            # free-state is not missed (G4).
+            while self._user is None:
+                try:
+                    tokens.remove(_REG)
+                    break
+                except KeyError:
+                    _sleep(0)
         firing = self._firing
         if firing is not None and firing == _get_ident():
             # Inside our own cancel callback: C defers its end likewise.
             self._deferred = True
             _op_end(self._op)
             return
+        # C first: from here no trampoline starts, a running one is waited
+        # for, and a cancel injected by the fault plan at END runs inside.
+        _op_end(self._op)
         try:
             tokens.remove(_FIRE)  # from here on no user cancel starts (G5)
         except KeyError:
-            _op_end(self._op)  # waits for a running trampoline (G5)
             done = self._sync_done
             if done is not None:
-                done.wait()  # ...or for a run inside register (G3)
-        else:
-            _op_end(self._op)
+                done.wait()  # a run inside register (G3) is waited for too
         self._finish()
 
     def _finish(self) -> None:

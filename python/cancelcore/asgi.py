@@ -111,7 +111,7 @@ class CancellationMiddleware:
 
         with channel:
             try:
-                task: asyncio.Task[None] = self.host.dispatch(channel, operation)  # type: ignore[assignment]
+                task = self.host.dispatch(channel, operation)
             except CancelCoreError:
                 await _unavailable(send)
                 return
