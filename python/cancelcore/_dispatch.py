@@ -52,7 +52,11 @@ def _end_unstarted(ctx: OperationContext, _: object) -> None:
     ctx.__exit__(None, None, None)
 
 
-def run_async(channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Task[Any]:
+def run_async(
+    channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...], *, cancel_task: bool = True
+) -> asyncio.Task[Any]:
+    """``cancel_task=False``: the caller's ``fn`` interrupts itself (through
+    ``ctx._add_hook``), as the ASGI adapter does with an anyio cancel scope."""
     loop = asyncio.get_running_loop()  # RuntimeError outside a loop
     ctx = channel.begin_operation()
 
@@ -68,14 +72,19 @@ def run_async(channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...]) -
     live.add(ctx)
     task.add_done_callback(functools.partial(_end_unstarted, ctx))
     task.add_done_callback(lambda _: live.discard(ctx))
-    ctx._add_hook(functools.partial(_cancel_task, loop, task, ctx))
+    if cancel_task:
+        ctx._add_hook(functools.partial(_cancel_task, loop, task, ctx))
     return task
 
 
 def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], ctx: OperationContext) -> None:
     """Runs on whichever thread canceled the operation."""
-    message = f"cancelcore: operation canceled ({ctx.cancel_reason!r})"
+    call_soon(loop, task.cancel, f"cancelcore: operation canceled ({ctx.cancel_reason!r})")
+
+
+def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Schedules fn on the loop from any thread; nothing once it closed."""
     try:
-        loop.call_soon_threadsafe(task.cancel, message)
+        loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:
         pass  # the loop has closed: there is no task left to stop

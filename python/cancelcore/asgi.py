@@ -22,13 +22,20 @@ sync endpoints a framework runs in a thread pool (they copy the context).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
+from ._dispatch import call_soon, run_async
 from ._enums import HostState
 from ._errors import CancelCoreError
 from ._host import ServiceHost
 from ._operation import OperationContext
+
+try:  # the cancel scopes of Starlette, FastAPI and most ASGI frameworks
+    import anyio
+except ImportError:  # pragma: no cover - plain asyncio apps
+    anyio = None  # type: ignore[assignment]
 
 __all__ = ["CancellationMiddleware", "serve"]
 
@@ -47,9 +54,10 @@ _SHUTDOWN_HINTS = ("graceful shutdown",)
 class _Request:
     """What the middleware tracks of one HTTP request."""
 
-    __slots__ = ("response_started", "response_complete", "disconnected")
+    __slots__ = ("response_started", "response_complete", "disconnected", "canceled")
 
     def __init__(self) -> None:
+        self.canceled = False
         self.response_started = False
         self.response_complete = False
         self.disconnected = False
@@ -107,11 +115,21 @@ class CancellationMiddleware:
             await send(message)
 
         async def operation(ctx: OperationContext) -> None:
-            await self.app(scope, app_receive, app_send)
+            if anyio is None:
+                await self.app(scope, app_receive, app_send)
+                return
+            # A cancel scope rather than Task.cancel: anyio shields the wait
+            # for a sync endpoint's worker thread from it, so the operation
+            # ends (and frees its state) only once the thread has returned.
+            with anyio.CancelScope() as cancel_scope:
+                ctx._add_hook(functools.partial(call_soon, loop, cancel_scope.cancel))
+                await self.app(scope, app_receive, app_send)
+            request.canceled = cancel_scope.cancelled_caught
 
+        loop = asyncio.get_running_loop()
         with channel:
             try:
-                task = self.host.dispatch(channel, operation)
+                task = run_async(channel, operation, (), cancel_task=anyio is None)
             except CancelCoreError:
                 await _unavailable(send)
                 return
@@ -134,9 +152,14 @@ class CancellationMiddleware:
                     current = asyncio.current_task()
                     if current is not None and hasattr(current, "uncancel"):
                         current.uncancel()
-                # Our own cancellation: the client left or the host aborted.
+                    return
+                request.canceled = True  # our own Task.cancel (no anyio)
             finally:
                 pump.cancel()
+            # Canceled by us: the client left, or the host was aborted while
+            # the client waits -- then it gets a 503 rather than nothing.
+            if request.canceled and not request.response_started and not request.disconnected:
+                await _unavailable(send)
 
     def _server_gave_up(self, channel: Any, exc: asyncio.CancelledError) -> bool:
         """At shutdown that is the host's abort (G7): True.  Otherwise
@@ -190,7 +213,10 @@ async def _pump(receive: Receive, inbox: asyncio.Queue[Message], channel: Any, r
             request.disconnected = True
             if not request.response_complete:
                 channel.fault()  # idempotent: a second disconnect is a no-op
-            inbox.put_nowait(message)
+            # Hand the app the disconnect only after the cancellation the
+            # fault scheduled has reached its task: it sees CancelledError,
+            # not a ClientDisconnect that outran it.
+            asyncio.get_running_loop().call_soon(inbox.put_nowait, message)
             return
         inbox.put_nowait(message)
 
