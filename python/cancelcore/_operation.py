@@ -175,7 +175,16 @@ class OperationContext:
             # The fault plan's REGISTER point: a channel fault or abort lands
             # here, before the callbacks are published, so on_cancel runs
             # below (G3); NOMEM fails the registration, changing nothing.
-            status = _visit_register_faults(self._op)
+            # Callbacks it runs on this thread may end this very operation:
+            # like C, that end is deferred to us, and the registration fails.
+            self._firing = _get_ident()
+            try:
+                status = _visit_register_faults(self._op)
+            finally:
+                self._firing = None
+            if self._deferred:
+                self._finish()
+                raise _invalid("the operation ended during its registration")
             if status:
                 tokens.add(_REG)
                 raise_status(status, "register_for_cancel")
@@ -230,6 +239,14 @@ class OperationContext:
             tokens.remove(_END)
         except KeyError:
             raise _invalid("the operation has already ended") from None
+        firing = self._firing
+        if firing is not None and firing == _get_ident():
+            # Inside our own cancel callback (or registration): C defers its
+            # end likewise, and the frame below us finishes the operation.
+            self._deferred = True
+            tokens.discard(_REG)
+            _op_end(self._op)
+            return
         try:
             tokens.remove(_REG)  # no registration can succeed from here on
         except KeyError:
@@ -242,12 +259,6 @@ class OperationContext:
                     break
                 except KeyError:
                     _sleep(0)
-        firing = self._firing
-        if firing is not None and firing == _get_ident():
-            # Inside our own cancel callback: C defers its end likewise.
-            self._deferred = True
-            _op_end(self._op)
-            return
         # C first: from here no trampoline starts, a running one is waited
         # for, and a cancel injected by the fault plan at END runs inside.
         _op_end(self._op)
