@@ -167,7 +167,8 @@ def test_close_waits_for_dispatched_ops(host: ServiceHost, channel: Any) -> None
 
     fut = host.dispatch(channel, fn)
     assert host.close() is True
-    assert fut.done() and fut.result() == "done"
+    assert host.stats["ops_in_flight"] == 0
+    assert fut.result(10) == "done"
 
 
 def test_many_dispatched_ops(host: ServiceHost) -> None:

@@ -588,11 +588,35 @@ class TestG8Close:
         host = make_host(close_timeout=5.0)
         ch = host.accept_channel()
         ctx, rec = registered(ch)
-        threading.Timer(0.2, ctx.end).start()
+        timer = threading.Timer(0.2, ctx.end)
+        timer.start()
         t0 = time.monotonic()
         assert host.close() is True
         assert 0.15 <= time.monotonic() - t0 < 4.0
+        timer.join()  # (whether close also waits for free-state: below)
         assert rec.n_cancel == 0 and rec.n_free == 1
+
+    def test_close_waits_for_free_state(self, host: ServiceHost, channel: Any) -> None:
+        # Close waits for the operations in flight to complete, and an
+        # operation's completion includes its free-state callback (G4;
+        # cancelcore.h: close waits "for the operations in flight to end,
+        # free-state callbacks included").  When close returns, every
+        # free-state has run.
+        ctx = channel.begin_operation()
+        freed = threading.Event()
+
+        def on_free(state: Any) -> None:
+            time.sleep(0.3)
+            freed.set()
+
+        ctx.register_for_cancel(lambda r, s: None, on_free)
+        ender = threading.Thread(target=ctx.end)
+        ender.start()
+        assert host.close() is True
+        done_at_close = freed.is_set()
+        ender.join()
+        assert done_at_close, "close() returned while a free-state callback was still running"
+        assert host.stats["free_states_run"] == 1
 
     def test_close_with_nothing_in_flight(self, host: ServiceHost) -> None:
         host.accept_channel()
@@ -655,8 +679,10 @@ class TestG8Close:
         host = make_host(close_timeout=0.0)
         ch = host.accept_channel()
         ctx, rec = registered(ch)
-        threading.Timer(0.2, ctx.end).start()
+        timer = threading.Timer(0.2, ctx.end)
+        timer.start()
         assert host.close(timeout=10.0) is True
+        timer.join()
         assert rec.n_cancel == 0 and rec.n_free == 1
 
     def test_close_timeout_setter(self, make_host: Any) -> None:

@@ -71,6 +71,9 @@ class ServiceHost:
         # their cffi handles, stay alive until they end.
         self._live: set[OperationContext] = set()
         self._async_live: set[OperationContext] = set()  # dispatched coroutines
+        # close() waits on this for free-states Python runs after C's end.
+        self._closing = False
+        self._idle = threading.Condition()
         self._free_states = itertools.count()
         self._cancel_callbacks = itertools.count()
         self._faults_armed = False  # read by register_for_cancel
@@ -136,8 +139,21 @@ class ServiceHost:
             raise_status(status, f"close a host in state {self.state.name}")
         else:
             graceful = True
+        # Every operation has ended in C; the free-states Python runs after
+        # that may still be running on other threads.  Completion includes
+        # them (G4, G8).
+        if self._live:
+            self._closing = True
+            with self._idle:
+                while self._live:
+                    self._idle.wait()
+            self._closing = False
         self._shutdown_executor()
         return graceful
+
+    def _notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
 
     async def aclose(self, timeout: Optional[float] = None) -> bool:
         """``close()`` for coroutines: waits on a worker thread, so the

@@ -273,15 +273,21 @@ class OperationContext:
     def _finish(self) -> None:
         host = self._host
         user = self._user
-        host._live.discard(self)
         self._handle = None
         self.__class__ = _EndedOperationContext
         if user is not None and user[1] is not None:
             next(host._free_states)
+            self._firing = _get_ident()  # close() from in here is refused
             try:
                 user[1](user[2])
             except BaseException as exc:  # G13
                 _report(exc, self, "free_state")
+            finally:
+                self._firing = None
+        # Only now has the operation completed: close() waits for this (G8).
+        host._live.discard(self)
+        if host._closing:
+            host._notify_idle()
 
     def __enter__(self) -> OperationContext:
         return self
