@@ -1,6 +1,7 @@
 # The two commands the README promises, each doing its own set-up:
 #   make test   build from scratch and run every suite
-#   make demo   build and run the demonstration
+#   make demo   build and run the demonstrations (the service model, then a
+#               real uvicorn server with clients leaving and a shutdown)
 # Build trees live under build/; `make clean` removes them.
 
 PYTHON   ?= python3
@@ -13,7 +14,7 @@ BUILD    ?= build
 ASAN_SCALE ?= 1.0
 TSAN_SCALE ?= 0.5
 
-.PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py demo demo-c clean
+.PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py bench-asgi demo demo-c clean
 
 test: test-c test-py
 
@@ -48,10 +49,13 @@ test-c-asan:
 test-c-tsan:
 	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
 
-bench: bench-c bench-py
+bench: bench-c bench-py bench-asgi
 
 bench-py: venv
 	$(VENV)/bin/python bench/bench_python.py
+
+bench-asgi: venv
+	$(VENV)/bin/python bench/bench_asgi.py
 
 bench-c:
 	$(CMAKE) -S . -B $(BUILD)/bench -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_EXAMPLES=OFF
@@ -60,6 +64,7 @@ bench-c:
 
 demo: venv
 	$(VENV)/bin/python -m cancelcore demo
+	$(VENV)/bin/python -m cancelcore serve-demo
 
 demo-c:
 	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF
