@@ -173,7 +173,10 @@ class LiveServer:
 
     def __init__(self, app: Any, **config: Any) -> None:
         self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose
+        # proto says TCP, and accepted sockets inherit it (else Nagle stalls
+        # keep-alive responses by ~40 ms).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((HOST, 0))
         self.sock.listen(256)

@@ -52,15 +52,83 @@ _SHUTDOWN_HINTS = ("graceful shutdown",)
 
 
 class _Request:
-    """What the middleware tracks of one HTTP request."""
+    """One HTTP request: what it sent and received, and the reading of the
+    server's messages.  The app reads them itself while it wants to; only
+    when it runs on without reading does a pump task take over, so that a
+    disconnect is noticed then too.  A handler that finishes without
+    yielding costs no pump at all."""
 
-    __slots__ = ("response_started", "response_complete", "disconnected", "canceled")
+    __slots__ = ("receive", "send", "channel", "task", "inbox", "pump", "reading",
+                 "response_started", "response_complete", "disconnected", "canceled")
 
-    def __init__(self) -> None:
-        self.canceled = False
+    def __init__(self, receive: Receive, send: Send, channel: Any) -> None:
+        self.receive = receive
+        self.send = send
+        self.channel = channel
+        self.task: Optional[asyncio.Task[Any]] = None
+        self.inbox: Optional[asyncio.Queue[Message]] = None
+        self.pump: Optional[asyncio.Future[None]] = None
+        self.reading = False
         self.response_started = False
         self.response_complete = False
         self.disconnected = False
+        self.canceled = False
+
+    async def app_receive(self) -> Message:
+        inbox = self.inbox
+        if inbox is not None:  # the pump reads for the app
+            if self.disconnected and inbox.empty():
+                return {"type": "http.disconnect"}
+            return await inbox.get()
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        self.reading = True
+        try:
+            message = await self.receive()
+        finally:
+            self.reading = False
+        if self._arrived(message):
+            # Let the cancellation the fault scheduled reach the task first:
+            # it sees CancelledError, not a disconnect that outran it.
+            await asyncio.sleep(0)
+        else:
+            asyncio.get_running_loop().call_soon(self.watch)
+        return message
+
+    async def app_send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.response_started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.response_complete = True
+        await self.send(message)
+
+    def _arrived(self, message: Message) -> bool:
+        """Notes a server message; True for the disconnect, which faults
+        the request's channel unless the response was complete."""
+        if message["type"] != "http.disconnect":
+            return False
+        self.disconnected = True
+        if not self.response_complete:
+            self.channel.fault()  # idempotent: a second disconnect is a no-op
+        return True
+
+    def watch(self) -> None:
+        """Starts the pump if the app runs on without reading."""
+        task = self.task
+        if (self.pump is None and not self.reading and not self.disconnected
+                and task is not None and not task.done()):
+            self.inbox = asyncio.Queue()
+            self.pump = asyncio.ensure_future(self._pump(self.inbox))
+
+    async def _pump(self, inbox: asyncio.Queue[Message]) -> None:
+        while True:
+            message = await self.receive()
+            if self._arrived(message):
+                # As in app_receive: the cancellation goes first.
+                asyncio.get_running_loop().call_soon(inbox.put_nowait, message)
+                return
+            inbox.put_nowait(message)
 
 
 class CancellationMiddleware:
@@ -99,20 +167,8 @@ class CancellationMiddleware:
         except CancelCoreError:
             await _unavailable(send)
             return
-        request = _Request()
-        inbox: asyncio.Queue[Message] = asyncio.Queue()
-
-        async def app_receive() -> Message:
-            if request.disconnected and inbox.empty():
-                return {"type": "http.disconnect"}
-            return await inbox.get()
-
-        async def app_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                request.response_started = True
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                request.response_complete = True
-            await send(message)
+        request = _Request(receive, send, channel)
+        app_receive, app_send = request.app_receive, request.app_send
 
         async def operation(ctx: OperationContext) -> None:
             if anyio is None:
@@ -133,7 +189,8 @@ class CancellationMiddleware:
             except CancelCoreError:
                 await _unavailable(send)
                 return
-            pump = asyncio.ensure_future(_pump(receive, inbox, channel, request))
+            request.task = task
+            loop.call_soon(request.watch)  # after the app's first step
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError as exc:
@@ -155,7 +212,8 @@ class CancellationMiddleware:
                     return
                 request.canceled = True  # our own Task.cancel (no anyio)
             finally:
-                pump.cancel()
+                if request.pump is not None:
+                    request.pump.cancel()
             # Canceled by us: the client left, or the host was aborted while
             # the client waits -- then it gets a 503 rather than nothing.
             if request.canceled and not request.response_started and not request.disconnected:
@@ -204,23 +262,6 @@ class CancellationMiddleware:
         return await loop.run_in_executor(None, self.host.close)
 
 
-async def _pump(receive: Receive, inbox: asyncio.Queue[Message], channel: Any, request: _Request) -> None:
-    """Reads the server's messages for the app, and notices the disconnect
-    even while the app is not reading."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            request.disconnected = True
-            if not request.response_complete:
-                channel.fault()  # idempotent: a second disconnect is a no-op
-            # Hand the app the disconnect only after the cancellation the
-            # fault scheduled has reached its task: it sees CancelledError,
-            # not a ClientDisconnect that outran it.
-            asyncio.get_running_loop().call_soon(inbox.put_nowait, message)
-            return
-        inbox.put_nowait(message)
-
-
 async def _unavailable(send: Send) -> None:
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")]})
@@ -257,6 +298,6 @@ def serve(
     if not isinstance(app, CancellationMiddleware):
         app = CancellationMiddleware(app, host=service_host, close_timeout=close_timeout)
     uvicorn_options.setdefault("lifespan", "on")
-    config = uvicorn.Config(app, host=host, port=port,
-                            timeout_graceful_shutdown=math.ceil(close_timeout), **uvicorn_options)
+    uvicorn_options.setdefault("timeout_graceful_shutdown", math.ceil(close_timeout))
+    config = uvicorn.Config(app, host=host, port=port, **uvicorn_options)
     uvicorn.Server(config).run()
