@@ -52,6 +52,11 @@ def _end_unstarted(ctx: OperationContext, _: object) -> None:
     ctx.__exit__(None, None, None)
 
 
+def _task_done(ctx: OperationContext, live: set[OperationContext], task: object) -> None:
+    _end_unstarted(ctx, task)
+    live.discard(ctx)
+
+
 def run_async(
     channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...], *, cancel_task: bool = True
 ) -> asyncio.Task[Any]:
@@ -70,8 +75,7 @@ def run_async(
     task = loop.create_task(operation())
     live = channel._host._async_live
     live.add(ctx)
-    task.add_done_callback(functools.partial(_end_unstarted, ctx))
-    task.add_done_callback(lambda _: live.discard(ctx))
+    task.add_done_callback(functools.partial(_task_done, ctx, live))
     if cancel_task:
         ctx._add_hook(functools.partial(_cancel_task, loop, task, ctx))
     return task

@@ -170,19 +170,35 @@ class CancellationMiddleware:
         request = _Request(receive, send, channel)
         app_receive, app_send = request.app_receive, request.app_send
 
-        async def operation(ctx: OperationContext) -> None:
-            if anyio is None:
-                await self.app(scope, app_receive, app_send)
-                return
-            # A cancel scope rather than Task.cancel: anyio shields the wait
-            # for a sync endpoint's worker thread from it, so the operation
-            # ends (and frees its state) only once the thread has returned.
-            with anyio.CancelScope() as cancel_scope:
-                ctx._add_hook(functools.partial(call_soon, loop, cancel_scope.cancel))
-                await self.app(scope, app_receive, app_send)
-            request.canceled = cancel_scope.cancelled_caught
-
         loop = asyncio.get_running_loop()
+        # The app runs in a task of its own, so the server cancelling ours
+        # does not cut it short (a sync endpoint's thread must be waited
+        # for); `done` is what we wait on, completed by the app's task as it
+        # finishes -- one event-loop pass sooner than waiting on the task.
+        done: asyncio.Future[None] = loop.create_future()
+
+        async def operation(ctx: OperationContext) -> None:
+            try:
+                if anyio is None:
+                    await self.app(scope, app_receive, app_send)
+                else:
+                    # A cancel scope rather than Task.cancel: anyio shields
+                    # the wait for a sync endpoint's worker thread from it,
+                    # so the operation ends (and frees its state) only once
+                    # the thread has returned.
+                    with anyio.CancelScope() as cancel_scope:
+                        ctx._add_hook(functools.partial(call_soon, loop, cancel_scope.cancel))
+                        await self.app(scope, app_receive, app_send)
+                    request.canceled = cancel_scope.cancelled_caught
+            except asyncio.CancelledError:
+                request.canceled = True  # our own Task.cancel (no anyio)
+            except BaseException as exc:
+                if not done.done():
+                    done.set_exception(exc)  # for the server, through us
+                return
+            if not done.done():
+                done.set_result(None)
+
         with channel:
             try:
                 task = run_async(channel, operation, (), cancel_task=anyio is None)
@@ -192,7 +208,7 @@ class CancellationMiddleware:
             request.task = task
             loop.call_soon(request.watch)  # after the app's first step
             try:
-                await asyncio.shield(task)
+                await done
             except asyncio.CancelledError as exc:
                 if not task.done():
                     # The server cancelled the request itself.  Let it unwind
@@ -210,7 +226,7 @@ class CancellationMiddleware:
                     if current is not None and hasattr(current, "uncancel"):
                         current.uncancel()
                     return
-                request.canceled = True  # our own Task.cancel (no anyio)
+                raise
             finally:
                 if request.pump is not None:
                     request.pump.cancel()
