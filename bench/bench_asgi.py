@@ -56,6 +56,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
+from bench_python import cpu_model  # this folder is on sys.path when run as a script
+from cancelcore._server_demo import percentile
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -330,26 +333,6 @@ async def disconnects(port: int, n: int) -> tuple[list[float], list[str]]:
 # ====================================================================
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100])."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = max(1, min(len(ordered), math.ceil(q / 100.0 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> None:
     import cancelcore
     import starlette
@@ -490,8 +473,8 @@ def run(args: argparse.Namespace) -> int:
             return (f"p50 {percentile(values, 50):.3f} ms, p99 {percentile(values, 99):.3f} ms, "
                     f"max {max(values):.3f} ms (n={len(values)})")
 
-        print(f"\n  disconnect -> on_cancel (client close() to the callback in the server process, "
-              f"CLOCK_MONOTONIC):")
+        print("\n  disconnect -> on_cancel (client close() to the callback in the server process, "
+              "CLOCK_MONOTONIC):")
         print(f"    all  {fmt(lat)}  target p99 < 5 ms: "
               f"{'met' if percentile(lat, 99) < 5.0 else 'NOT met'}")
         print(f"    FIN  {fmt(fin)}")

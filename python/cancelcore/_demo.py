@@ -289,6 +289,15 @@ class Progress:
             f"pool {self.ledger.pool.idle}/{self.ledger.pool.size}"
         )
 
+    async def follow(self, done: asyncio.Event) -> None:
+        """Refreshes the status every 0.1 s until done is set."""
+        while not done.is_set():
+            self.tick()
+            try:
+                await asyncio.wait_for(done.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+
     def tick(self) -> None:
         if self.live:
             width = shutil.get_terminal_size((120, 24)).columns - 1
@@ -372,14 +381,6 @@ class Demo:
             except asyncio.TimeoutError:
                 pass
 
-    async def status_loop(self, done: asyncio.Event) -> None:
-        while not done.is_set():
-            self.progress.tick()
-            try:
-                await asyncio.wait_for(done.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
-
     async def sleep_until(self, t: float) -> None:
         await asyncio.sleep(max(0.0, t - self.ledger.now()))
 
@@ -388,7 +389,7 @@ class Demo:
         host.open()
         self.channels = [host.accept_channel() for _ in range(N_CHANNELS)]
         done = asyncio.Event()
-        status = asyncio.create_task(self.status_loop(done))
+        status = asyncio.create_task(progress.follow(done))
         progress.phase = "serving"
         progress.event(
             f"host open: {N_CHANNELS} channels, {WORKERS} worker threads + this asyncio loop, "

@@ -536,14 +536,6 @@ class ServerDemo:
         self.abort_seen_at: Optional[float] = None
         self.error: Optional[BaseException] = None
 
-    async def status_loop(self, done: asyncio.Event) -> None:
-        while not done.is_set():
-            self.progress.tick()
-            try:
-                await asyncio.wait_for(done.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
-
     async def run(self) -> None:
         import uvicorn
 
@@ -552,7 +544,7 @@ class ServerDemo:
         for req in books.plan:
             req.entered = asyncio.Event()
         done = asyncio.Event()
-        status = asyncio.create_task(self.status_loop(done))
+        status = asyncio.create_task(self.progress.follow(done))
         port = server.port
         progress.phase = "traffic"
         progress.event(
