@@ -25,7 +25,7 @@ from cancelcore import (
     OperationContext,
     ServiceHost,
 )
-from conftest import Recorder
+from conftest import Recorder, run_isolated
 
 # ------------------------------------------------------------ exports
 
@@ -469,3 +469,27 @@ def test_embedding_paths(getter: Any, filename: str) -> None:
 
 def test_py_typed_shipped() -> None:
     assert importlib.resources.files("cancelcore").joinpath("py.typed").is_file()
+
+
+def test_interpreter_exit_cancels_operations_in_flight() -> None:
+    # A dispatched operation blocked until canceled must not hang the exit:
+    # hosts still running operations are aborted before the interpreter
+    # joins its threads, while callbacks can still run.
+    proc = run_isolated(
+        """
+        import threading, time, cancelcore
+        host = cancelcore.ServiceHost(); host.open(); ch = host.accept_channel()
+        def blocking(ctx):
+            woken = threading.Event()
+            ctx.register_for_cancel(lambda r, s: woken.set(),
+                                    lambda s: print("freed", flush=True))
+            woken.wait(20)
+            print("woken", ctx.cancel_reason.name, flush=True)
+        host.dispatch(ch, blocking)
+        time.sleep(0.2)
+        print("exiting", flush=True)
+        """,
+        timeout=15,
+    )
+    assert proc.stdout.split() == ["exiting", "woken", "HOST_ABORT", "freed"], (proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stderr

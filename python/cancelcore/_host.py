@@ -304,19 +304,31 @@ def _free_host(ptr: Any, live: set[OperationContext]) -> None:
         lib.cc_host_free(ptr)
 
 
-# Interpreter exit: abort what is still open while callbacks can still run,
+# Interpreter exit: abort what is still in flight while callbacks can still
+# run -- before the interpreter joins its non-daemon threads, or a dispatch
+# worker blocked until its operation is canceled would hang the exit -- and
 # then refuse callbacks into a finalizing interpreter.
 _hosts: weakref.WeakSet[ServiceHost] = weakref.WeakSet()
+
+
+def _abort_live_hosts() -> None:
+    for host in list(_hosts):
+        if host._live:
+            host.abort()
 
 
 @atexit.register
 def _at_exit() -> None:
     from . import _operation
 
-    for host in list(_hosts):
-        if host._live:
-            host.abort()
+    _abort_live_hosts()
     _operation._finalizing = True
+
+
+# Runs where concurrent.futures stops its workers: ahead of the thread joins.
+_before_thread_joins = getattr(threading, "_register_atexit", None)
+if _before_thread_joins is not None:
+    _before_thread_joins(_abort_live_hosts)
 
 
 class Channel:
