@@ -55,7 +55,8 @@ cc_status cc_channel_fault(cc_channel *ch)
     return CC_OK;
 }
 
-void cc_channel_unlink(cc_channel **head, cc_channel *ch)
+/* Unlinks ch from the host list starting at *head.  Host lock held. */
+static void channel_unlink(cc_channel **head, cc_channel *ch)
 {
     if (ch->host_prev)
         ch->host_prev->host_next = ch->host_next;
@@ -76,7 +77,7 @@ cc_status cc_channel_close(cc_channel *ch)
     ch->user_closed = true;
     bool idle = ch->n_inflight == 0;
     cc_mutex_unlock(&ch->lock);
-    cc_channel_unlink(&host->channels, ch);
+    channel_unlink(&host->channels, ch);
     host->nchannels--;
     cc_sweep_zombies(host);
     if (idle) {
@@ -137,7 +138,7 @@ void cc_sweep_zombies(cc_host *host)
         /* Idle is final: a closed channel admits no new operation, and an
          * operation's end touches its channel only under the lock. */
         if (idle) {
-            cc_channel_unlink(&host->zombies, z);
+            channel_unlink(&host->zombies, z);
             cc_channel_destroy(z);
         }
     }

@@ -52,7 +52,9 @@ cc_status cc_host_open(cc_host *host)
         for (cc_channel *ch = list_ ? (host)->zombies : (host)->channels; ch; \
              ch = ch->host_next)
 
-uint32_t cc_host_gather(cc_host *host)
+/* Marks the host's operations canceled with CC_HOST_ABORT and returns the
+ * callbacks to run.  Host lock held. */
+static uint32_t host_gather(cc_host *host)
 {
     uint32_t list = 0;
     uint64_t n = 0;
@@ -75,14 +77,16 @@ cc_status cc_host_abort(cc_host *host)
         set_state(host, CC_HOST_STATE_FAULTED);
     else if (hs == CC_HOST_STATE_CLOSING)
         host->aborted_in_close = true;
-    uint32_t list = cc_host_gather(host);
+    uint32_t list = host_gather(host);
     cc_mutex_unlock(&host->lock);
     /* Fire and return: G7 does not wait for the operations to end. */
     cc_fanout_run(host, list, CC_HOST_ABORT);
     return CC_OK;
 }
 
-bool cc_host_wait_idle(cc_host *host, int64_t deadline_ns)
+/* Waits until no operation of the host is in flight, or until deadline_ns
+ * (monotonic; < 0: forever).  False on timeout.  Host lock not held. */
+static bool wait_idle(cc_host *host, int64_t deadline_ns)
 {
     for (;;) {
         /* Read the epoch before looking: an end that idles a channel after
@@ -137,11 +141,11 @@ cc_status cc_host_close(cc_host *host, int64_t timeout_ms)
                                           ? INT64_MAX / 2
                                           : timeout_ms * 1000000);
     bool escalated = false;
-    if (!cc_host_wait_idle(host, deadline)) {
+    if (!wait_idle(host, deadline)) {
         /* G8: the timeout turns into an abort, then close waits on. */
         escalated = true;
         cc_host_abort(host);
-        cc_host_wait_idle(host, -1);
+        wait_idle(host, -1);
     }
 
     cc_mutex_lock(&host->lock);
@@ -180,7 +184,7 @@ void cc_host_free(cc_host *host)
     if (!host)
         return;
     cc_host_abort(host);
-    cc_host_wait_idle(host, -1);
+    wait_idle(host, -1);
     cc_mutex_lock(&host->lock);
     cc_channel *next;
     for (int zombies = 0; zombies < 2; zombies++)

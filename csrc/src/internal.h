@@ -155,8 +155,6 @@ void cc_channel_destroy(cc_channel *ch);
 /* Destroys the closed channels that have become idle.  Host lock held. */
 void cc_sweep_zombies(cc_host *host);
 
-/* Unlinks ch from the host list starting at *head.  Host lock held. */
-void cc_channel_unlink(cc_channel **head, cc_channel *ch);
 
 /* ---------------------------------------------------------------- hosts */
 
@@ -185,7 +183,6 @@ struct cc_host {
     cc_channel *zombies;      /* closed handles with operations in flight */
     int64_t close_timeout_ms;
     bool aborted_in_close;    /* cc_host_abort ran while CLOSING */
-    bool closing;             /* a close or free is waiting for idle */
     /* Counters of channels already destroyed, plus ones updated outside any
      * channel (fan-out).  Summed with live channels' by cc_host_get_stats. */
     uint64_t gone_begun, gone_ended, gone_free_states;
@@ -196,10 +193,6 @@ struct cc_host {
 
 /* Runs the callbacks of a gathered list (no lock held, G11). */
 void cc_fanout_run(cc_host *host, uint32_t list, cc_reason reason);
-
-/* Marks the host's operations canceled with CC_HOST_ABORT; host lock held.
- * Returns the list of callbacks to run. */
-uint32_t cc_host_gather(cc_host *host);
 
 /* Runs the cancel callback of a slot this thread claimed (ST_RUNNING), then
  * hands the slot back: wakes a waiting cc_op_end, or finishes an end that
@@ -224,16 +217,11 @@ void cc_frame_pop(cc_frame *frame);
  * operation, or (slot NULL) of any operation of `host`. */
 bool cc_in_callback(const cc_slot *slot, const cc_host *host);
 
-/* Runs free-state if due (cc_op_free_state), then returns the slot to its
+/* Runs free-state if due, then returns the slot to its
  * channel (cc_op_release).  The caller owns the end: ST_ENDING set and the
  * slot not busy, or the last one out of an overtaken claim. */
 void cc_op_finish(cc_slot *slot, uint64_t s);
-void cc_op_free_state(cc_slot *slot, uint64_t s);
 void cc_op_release(cc_slot *slot, uint64_t s);
-
-/* Waits until no operation of the host is in flight, or until deadline_ns
- * (monotonic; < 0: forever).  False on timeout.  Host lock not held. */
-bool cc_host_wait_idle(cc_host *host, int64_t deadline_ns);
 
 /* The fault plan.  visit counts a visit to `point` and returns the actions
  * that fire (bit 1 << cc_fault_action); apply carries out the channel and

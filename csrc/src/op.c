@@ -258,12 +258,14 @@ static uint64_t wait_not_busy(cc_slot *slot)
     return s;
 }
 
+static void free_state(cc_slot *slot, uint64_t s);
+
 /* The end overtook a queued callback (ST_ENDING set while claimed and not
  * invoked).  Free-state runs now; the slot is released by whichever of us
  * and the claim's owner lets go last. */
 static cc_status overtake(cc_slot *slot, uint64_t s)
 {
-    cc_op_free_state(slot, s);
+    free_state(slot, s);
     s = load_state(slot);
     while (s & ST_RUNNING)
         if (cas_state(slot, &s, s | ST_FREED))
@@ -340,11 +342,11 @@ cc_status cc_op_end(cc_op *op)
 
 void cc_op_finish(cc_slot *slot, uint64_t s)
 {
-    cc_op_free_state(slot, s);
+    free_state(slot, s);
     cc_op_release(slot, s);
 }
 
-void cc_op_free_state(cc_slot *slot, uint64_t s)
+static void free_state(cc_slot *slot, uint64_t s)
 {
     if (!(s & ST_ARMED) || !slot->free_state)
         return;

@@ -159,10 +159,7 @@ class ServiceHost:
         """``close()`` for coroutines: waits on a worker thread, so the
         event loop keeps running the operations being waited for."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(self._close_blocking, timeout))
-
-    def _close_blocking(self, timeout: Optional[float]) -> bool:
-        return self.close(timeout)
+        return await loop.run_in_executor(None, functools.partial(self.close, timeout))
 
     def abort(self) -> None:
         """Cancels every in-flight operation with ``HOST_ABORT`` (their

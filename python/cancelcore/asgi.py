@@ -274,8 +274,7 @@ class CancellationMiddleware:
         the host was not open."""
         if self.host.state not in (HostState.OPEN, HostState.FAULTED):
             return True
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.host.close)
+        return await self.host.aclose()
 
 
 async def _unavailable(send: Send) -> None:
