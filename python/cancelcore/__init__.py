@@ -17,6 +17,7 @@ from ._errors import (
     InvalidOperationError,
     ObjectFaultedError,
     OperationAbortedError,
+    OperationCanceledError,
     OutOfMemoryError,
 )
 from ._host import Channel, FaultPlan, ServiceHost
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidOperationError",
     "ObjectFaultedError",
     "OperationAbortedError",
+    "OperationCanceledError",
     "OperationContext",
     "OutOfMemoryError",
     "ServiceHost",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from ._enums import CancelReason
 
 
 class CancelCoreError(Exception):
@@ -20,6 +23,19 @@ class ObjectFaultedError(CancelCoreError):
 
 class OperationAbortedError(CancelCoreError):
     """The host was aborted while the call was waiting."""
+
+
+class OperationCanceledError(CancelCoreError):
+    """The operation has been canceled: raised by
+    ``OperationContext.raise_if_canceled()``.  ``reason`` is the
+    ``CancelReason`` (G6)."""
+
+    def __init__(self, reason: "CancelReason", message: str = "") -> None:
+        super().__init__(message or f"the operation was canceled ({reason.name})")
+        self.reason = reason
+
+    def __reduce__(self) -> "tuple[object, ...]":
+        return (type(self), (self.reason, str(self)))
 
 
 class OutOfMemoryError(CancelCoreError, MemoryError):

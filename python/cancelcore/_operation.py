@@ -227,6 +227,17 @@ class OperationContext:
         if self.canceled:
             hook()
 
+    def raise_if_canceled(self) -> None:
+        """Raises ``OperationCanceledError`` (with ``.reason``) if the
+        operation has been canceled; returns ``None`` otherwise.  The check
+        a handler makes between steps (after registering, before a query)."""
+        if self.canceled:
+            from ._errors import OperationCanceledError
+
+            reason = self.cancel_reason
+            assert reason is not None
+            raise OperationCanceledError(reason)
+
     # ------------------------------------------------------------------ end
 
     def end(self) -> None:
