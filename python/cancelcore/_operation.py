@@ -131,32 +131,27 @@ def _callback_failed(exc: BaseException, b: Binding, ctx: Optional[OperationCont
             log.exception("callback error hook failed")
 
 
-# Which hosts' callbacks this thread is inside: close() from there would
-# wait for itself.
-_inside = threading.local()
-
-
 def inside_callback_of(b: Binding) -> bool:
-    return b in getattr(_inside, "bindings", ())
-
-
-class _Inside:
-    __slots__ = ("b",)
-
-    def __init__(self, b: Binding) -> None:
-        self.b = b
-
-    def __enter__(self) -> None:
-        stack = getattr(_inside, "bindings", None)
-        if stack is None:
-            stack = _inside.bindings = []
-        stack.append(self.b)
-
-    def __exit__(self, *exc: object) -> None:
-        _inside.bindings.pop()
+    """True if this thread is running a callback of one of b's operations
+    (a close from there would wait for itself).  Read off the stack, so the
+    hot path sets no marker."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code in _CALLBACK_CODES:
+            owner = frame.f_locals.get("self")
+            if owner is b or getattr(owner, "_b", None) is b:
+                return True
+        frame = frame.f_back
+    return False
 
 
 # ------------------------------------------------------------- bindings
+
+
+class _Ref(weakref.ref):  # type: ignore[type-arg]
+    __slots__ = ("h",)
+    h: int
 
 
 class Binding:
@@ -183,31 +178,47 @@ class Binding:
         self.closing = False
         self.idle = threading.Condition()
 
-    def file(self, h: int, ctx: OperationContext) -> None:
-        """Files a context just begun; a cancel that came first is applied."""
-        self.ops[h] = weakref.ref(ctx)
-        if self.early:
-            reason = self.early.pop(h, None)
-            if reason is not None:
-                ctx.cancel_reason = reason
-                ctx.canceled = True
+    def early_cancel(self, h: int, ctx: OperationContext) -> None:
+        """A cancel reached the operation before its context was filed."""
+        reason = self.early.pop(h, None)
+        if reason is not None:
+            ctx.cancel_reason = reason
+            ctx.canceled = True
 
     def done(self, h: int) -> None:
         """An operation has completed, free-state included (G8 waits)."""
         self.ops.pop(h, None)
         if self.closing:
-            with self.idle:
-                self.idle.notify_all()
+            self.wake()
+
+    def wake(self) -> None:
+        with self.idle:
+            self.idle.notify_all()
 
     def run_free_state(self, key: int, ctx: Optional[OperationContext]) -> None:
         reg = self.regs.pop(key, None)
         if reg is None or reg[1] is None:
             return
-        with _Inside(self):
-            try:
-                reg[1](reg[2])
-            except BaseException as exc:  # G13
-                _callback_failed(exc, self, ctx, "free_state")
+        try:
+            reg[1](reg[2])
+        except BaseException as exc:  # G13
+            _callback_failed(exc, self, ctx, "free_state")
+
+    def dropped(self, ref: _Ref) -> None:
+        """A context was collected without end(): its operation ends now
+        (a context that ended dropped its reference first, so never gets
+        here)."""
+        h = ref.h
+        if _finalizing or self.inherited or self.freed or h not in self.ops:
+            return
+        warnings.warn(f"an operation of {self!r} was never ended; ending it as its context "
+                      "is collected", ResourceWarning, stacklevel=1)
+        r = _end(h)
+        if r == _DEFERRED or r < 0:
+            return
+        if r:
+            self.run_free_state(r, None)
+        self.done(h)
 
     # The core's notices: runs on whichever thread canceled or ended.
     def notices(self, values: list[int]) -> None:
@@ -216,7 +227,7 @@ class Binding:
         i = 0
         stage = 0  # how far notice i got, should a signal interrupt it
         ctx: Optional[OperationContext] = None
-        with _Inside(self):
+        if True:  # (the frame of this method marks "inside a callback")
             while i < n:
                 try:
                     while i < n:
@@ -344,12 +355,6 @@ class OperationContext:
             return f"<OperationContext canceled={self.cancel_reason!r}>"
         return "<OperationContext in flight>"
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached once end() removed the attributes: G10.
-        if name in ("canceled", "cancel_reason"):
-            raise InvalidOperationError("the operation has ended")
-        raise AttributeError(name)
-
     # -------------------------------------------------------- registration
 
     def register_for_cancel(
@@ -422,12 +427,19 @@ class OperationContext:
             if r == _E_INVALID_OPERATION:
                 raise InvalidOperationError("the operation has already ended")
             raise_status(r, "end")
-        del self.canceled, self.cancel_reason
-        b = self._b
+        self.__class__ = _EndedOperationContext
         if r != _DEFERRED:  # else the core finishes it and tells the binding
+            b = self._b
             if r:
-                b.run_free_state(r, self)
-            b.done(h)
+                reg = b.regs.pop(r, None)
+                if reg is not None and reg[1] is not None:
+                    try:
+                        reg[1](reg[2])
+                    except BaseException as exc:  # G13
+                        _callback_failed(exc, b, self, "free_state")
+            b.ops.pop(h, None)
+            if b.closing:
+                b.wake()
         if _interrupts:
             reraise_interrupts()
 
@@ -438,15 +450,29 @@ class OperationContext:
         if self._h:
             self.end()
 
-    def __del__(self) -> None:
-        if getattr(self, "_h", 0) and not _finalizing and not self._b.inherited:
-            warnings.warn(f"{self!r} was never ended; ending it now", ResourceWarning,
-                          source=self, stacklevel=1)
-            try:
-                self.end()
-            except Exception:  # pragma: no cover - ended meanwhile
-                pass
 
+class _EndedOperationContext(OperationContext):
+    """What a context becomes once ended: every read is an error (G10).
+    The class swap keeps ``canceled`` a plain attribute while in flight."""
+
+    __slots__ = ()
+
+    @property
+    def canceled(self) -> bool:  # type: ignore[override]
+        raise InvalidOperationError("the operation has ended")
+
+    @property
+    def cancel_reason(self) -> Optional[CancelReason]:  # type: ignore[override]
+        raise InvalidOperationError("the operation has ended")
+
+
+# The frames user callbacks run under (see inside_callback_of).
+_CALLBACK_CODES = (
+    Binding.notices.__code__,
+    Binding.run_free_state.__code__,
+    Binding.dropped.__code__,
+    OperationContext.end.__code__,
+)
 
 _new_context = object.__new__
 
@@ -460,5 +486,9 @@ def new_context(b: Binding, host: ServiceHost, h: int) -> OperationContext:
     ctx._b = b
     ctx._host = host
     ctx._hooks = None
-    b.file(h, ctx)
+    ref = _Ref(ctx, b.dropped)
+    ref.h = h
+    b.ops[h] = ref
+    if b.early:
+        b.early_cancel(h, ctx)
     return ctx
