@@ -47,7 +47,9 @@ def _seconds(value: Any, name: str) -> float:
 
 
 def _ms(seconds: float) -> int:
-    return min(int(math.ceil(seconds * 1000.0)), _MAX_MS) if math.isfinite(seconds) else _MAX_MS
+    if not seconds < _MAX_MS / 1000.0:  # inf, or past any clock
+        return _MAX_MS
+    return int(math.ceil(seconds * 1000.0))
 
 
 def _workers_count(value: Any) -> Optional[int]:
