@@ -16,7 +16,29 @@ from pathlib import Path
 import cffi
 
 TRAMPOLINES = """
-extern "Python" void _cc_py_notices(void *arg, const cc_notice *notices, size_t count);
+extern "Python" int _cc_py_notices(void *arg, const cc_notice *notices, size_t count);
+void cc_py_binding(void *arg, const cc_notice *notices, size_t count);
+"""
+
+# The binding function the core calls: the Python handler, and once more
+# with room on the stack if it could not even start (a RecursionError on
+# entry, when the core calls back on a thread whose stack is nearly full):
+# a cancel is never lost to where it was triggered from.  The handler
+# returns 1 once it has started; cffi returns 0 when it raised first.
+BINDING_SHIM = r"""
+#include "cancelcore.h"
+static int _cc_py_notices(void *arg, const cc_notice *notices, size_t count);
+static void cc_py_binding(void *arg, const cc_notice *notices, size_t count)
+{
+    if (_cc_py_notices(arg, notices, count))
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int limit = Py_GetRecursionLimit();
+    Py_SetRecursionLimit(limit + 500);
+    (void)_cc_py_notices(arg, notices, count);
+    Py_SetRecursionLimit(limit);
+    PyGILState_Release(gil);
+}
 """
 
 _STATUS_ITEM = re.compile(r"X\((CC_\w+),\s*(-?\d+),")
@@ -53,7 +75,7 @@ def cdef_from_header(text: str) -> str:
 def make_ffi(header: Path) -> cffi.FFI:
     ffi = cffi.FFI()
     ffi.cdef(cdef_from_header(header.read_text()) + TRAMPOLINES)
-    ffi.set_source("cancelcore._cancelcore", '#include "cancelcore.h"\n')
+    ffi.set_source("cancelcore._cancelcore", BINDING_SHIM)
     return ffi
 
 

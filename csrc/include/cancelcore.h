@@ -248,6 +248,13 @@ CC_API cc_status cc_channel_fault(cc_channel *channel);
  * usual; the channel's memory is reclaimed after the last one ends. */
 CC_API cc_status cc_channel_close(cc_channel *channel);
 
+/* Closes the channel to new operations (it reads CLOSED and no longer
+ * counts in channels_open) without releasing the handle, which stays valid
+ * until cc_channel_close: for bindings, whose other threads may still be
+ * about to use the handle.  Operations in flight go on as after
+ * cc_channel_close.  Idempotent. */
+CC_API cc_status cc_channel_shutdown(cc_channel *channel);
+
 /* The channel's state; CC_CHANNEL_STATE_INVALID for NULL. */
 CC_API enum cc_channel_state cc_channel_state(const cc_channel *channel);
 
@@ -344,7 +351,8 @@ typedef enum cc_stat {
     CC_STAT_CHANNELS_OPEN = 8,
     CC_STAT_FAULTS_INJECTED = 9,
     CC_STAT_LATENCY_COUNT = 10,   /* cancels timed, and the sum of their */
-    CC_STAT_LATENCY_SUM_NS = 11   /* trigger-to-callback latencies */
+    CC_STAT_LATENCY_SUM_NS = 11,  /* trigger-to-callback latencies */
+    CC_STAT_USER_CANCELS_RUN = 12 /* watched registrations' cancels run */
 } cc_stat;
 CC_API uint64_t cc_host_stat(cc_host *host, cc_stat which);
 
@@ -418,8 +426,11 @@ CC_API cc_status cc_op_register_watched(int64_t op, int64_t user_key, int has_fr
  *   CC_END_DONE      ended; no free-state is due;
  *   CC_END_DEFERRED  called inside its own callback: it finishes when that
  *                    returns, and the binding gets CC_NOTICE_ENDED then;
- *   a user_key (> 1) ended, and that registration's free-state is due now:
- *                    the caller runs it (it counts in free_states_run). */
+ *   a user_key (> 1) ended, and the registration with that key is done:
+ *                    the caller runs its free-state now if it has one (it
+ *                    counts in free_states_run) and may forget the key.
+ * Likewise CC_NOTICE_ENDED carries the registration's key, if any, and
+ * CC_NOTICE_FREE_DUE when it has a free-state. */
 enum { CC_END_DONE = 0, CC_END_DEFERRED = 1 };
 CC_API int64_t cc_op_end_watched(int64_t op);
 

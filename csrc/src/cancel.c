@@ -133,6 +133,10 @@ static void deliver(cc_host *host, cc_slot **batch, cc_notice *notices, unsigned
     atomic_fetch_add_explicit(reason == CC_HOST_ABORT ? &host->cancels_abort
                                                       : &host->cancels_fault,
                               n, memory_order_relaxed);
+    uint64_t users = 0;
+    for (unsigned i = 0; i < n; i++)
+        users += (notices[i].what & CC_NOTICE_RUN_USER) != 0;
+    atomic_fetch_add_explicit(&host->user_cancels, users, memory_order_relaxed);
     for (unsigned i = 0; i < n; i++)
         after_run(batch[i], true);
 }
@@ -233,6 +237,7 @@ void cc_run_registered(cc_host *host, cc_slot *slot, bool owned)
         cc_notice n = {handle_of(slot, s), (int64_t)(intptr_t)slot->user,
                        CC_NOTICE_RUN_USER | ((int64_t)reason << 8)};
         binding_call(host, &n, 1);
+        atomic_fetch_add_explicit(&host->user_cancels, 1, memory_order_relaxed);
     } else {
         slot->cancel(reason, slot->user);
         count_cancel(host, reason);
@@ -263,6 +268,8 @@ static uint64_t cancel_ending(cc_host *host, cc_slot *slot, unsigned faults, uin
                            | ((int64_t)reason << 8)};
         binding_call(host, &n, 1);
         count_cancel(host, reason);
+        if (armed)
+            atomic_fetch_add_explicit(&host->user_cancels, 1, memory_order_relaxed);
     } else if (armed) {
         slot->cancel(reason, slot->user);
         count_cancel(host, reason);
@@ -286,9 +293,9 @@ int64_t cc_finish_free(cc_slot *slot, uint64_t *state, bool hand_back)
     int64_t due = CC_END_DONE;
     if (s & ST_WATCH) {
         bool has = (s & ST_ARMED) && (s & ST_HAS_FREE);
-        int64_t key = has ? (int64_t)(intptr_t)slot->user : 0;
+        int64_t key = (s & ST_ARMED) ? (int64_t)(intptr_t)slot->user : 0;
         if (hand_back) {
-            due = has ? key : CC_END_DONE;
+            due = key ? key : CC_END_DONE;
         } else {
             cc_notice n = {handle_of(slot, s), key,
                            CC_NOTICE_ENDED | (has ? CC_NOTICE_FREE_DUE : 0)};

@@ -64,9 +64,10 @@ cc_status cc_channel_close(cc_channel *ch)
     cc_mutex_lock(&ch->lock);
     ch->user_closed = true;
     bool idle = ch->n_inflight == 0;
+    bool counted = !ch->shut;
     cc_mutex_unlock(&ch->lock);
     channel_unlink(&host->channels, ch);
-    host->nchannels--;
+    host->nchannels -= counted;
     cc_sweep_zombies(host);
     if (idle) {
         cc_channel_destroy(ch);
@@ -77,6 +78,22 @@ cc_status cc_channel_close(cc_channel *ch)
             host->zombies->host_prev = ch;
         host->zombies = ch;
     }
+    cc_mutex_unlock(&host->lock);
+    return CC_OK;
+}
+
+cc_status cc_channel_shutdown(cc_channel *ch)
+{
+    if (!ch)
+        return CC_E_INVALID_ARG;
+    cc_host *host = ch->host;
+    cc_mutex_lock(&host->lock);
+    cc_mutex_lock(&ch->lock);
+    bool first = !ch->shut;
+    ch->shut = true;
+    atomic_store_explicit(&ch->state, CC_CHANNEL_STATE_CLOSED, memory_order_release);
+    cc_mutex_unlock(&ch->lock);
+    host->nchannels -= first;
     cc_mutex_unlock(&host->lock);
     return CC_OK;
 }

@@ -235,6 +235,8 @@ uint64_t cc_host_stat(cc_host *host, cc_stat which)
         return atomic_load_explicit(&host->cancels_fault, memory_order_relaxed);
     case CC_STAT_CALLBACK_ERRORS:
         return atomic_load_explicit(&host->cb_errors, memory_order_relaxed);
+    case CC_STAT_USER_CANCELS_RUN:
+        return atomic_load_explicit(&host->user_cancels, memory_order_relaxed);
     case CC_STAT_FAULTS_INJECTED:
         return cc_host_fault_count(host);
     case CC_STAT_LATENCY_SUM_NS:

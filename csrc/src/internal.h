@@ -210,6 +210,7 @@ struct cc_channel {
     cc_channel *host_prev, *host_next; /* the host's channel list (host lock) */
     _Atomic int state;        /* enum cc_channel_state; written under lock */
     bool user_closed;         /* cc_channel_close called: free once idle */
+    bool shut;                /* cc_channel_shutdown called */
     bool closing;             /* the host is waiting for this channel to idle */
     cc_slot *inflight;        /* doubly linked through prev/next */
     cc_slot *free;            /* local cache of free slots */
@@ -273,6 +274,7 @@ struct cc_host {
     uint64_t gone_begun, gone_ended, gone_free_states;
     uint64_t nchannels;       /* handles not yet closed */
     _Atomic uint64_t ops_canceled, cancels_abort, cancels_fault, cb_errors;
+    _Atomic uint64_t user_cancels; /* watched registrations' cancels run */
     _Atomic uint64_t latency[CC_LATENCY_BUCKETS]; /* trigger -> callback start */
     _Atomic uint64_t latency_sum_ns;
     _Atomic(cc_binding_fn) bind_fn;

@@ -29,7 +29,7 @@ __all__ = ["ServiceHost", "Channel", "FaultPlan"]
 
 T = TypeVar("T")
 _begin = lib.cc_op_begin_watched
-_binding_fn = lib._cc_py_notices
+_binding_fn = ffi.addressof(lib, "cc_py_binding")
 _NULL = ffi.NULL
 _MAX_MS = 2**62  # beyond any clock: the core waits without a deadline
 

@@ -227,6 +227,7 @@ class Binding:
         i = 0
         stage = 0  # how far notice i got, should a signal interrupt it
         ctx: Optional[OperationContext] = None
+        raised = 0  # the recursion limit, while raised for room
         if True:  # (the frame of this method marks "inside a callback")
             while i < n:
                 try:
@@ -273,13 +274,19 @@ class Binding:
                         i += 3
                         stage = 0
                         ctx = None
-                except BaseException as exc:  # a signal between the steps above
+                except BaseException as exc:  # between the steps above
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        _hold_interrupt(exc)  # resume notice i where it stopped
+                        _hold_interrupt(exc)  # a signal: resume notice i where it stopped
+                    elif isinstance(exc, RecursionError) and not raised:
+                        # Called back on a nearly full stack: room to finish.
+                        raised = sys.getrecursionlimit()
+                        sys.setrecursionlimit(raised + 200)
                     else:  # pragma: no cover - a bug of ours: skip the notice
                         log.exception("cancelcore: internal error handling a notice")
                         i += 3
                         stage = 0
+        if raised:
+            _restore_recursion_limit(raised)
 
     def _early(self, h: int, reason: CancelReason) -> None:
         self.early[h] = reason
@@ -292,34 +299,32 @@ class Binding:
 
 
 def _notices_failed(exc_type: Any, exc: BaseException, tb: Any) -> None:
-    # Only the library's own code can get here (user errors are caught
-    # inside): typically a RecursionError entering the handler on a thread
-    # whose stack is nearly full.  Retry with room to run, so no cancel is
-    # lost (G1/G13); the frame's arguments are in the traceback.
-    while tb is not None and tb.tb_frame.f_code is not _cc_py_notices.__code__:
-        tb = tb.tb_next
-    if tb is None:
-        log.error("cancelcore: notices lost to an internal error", exc_info=exc)
-        return
-    args = tb.tb_frame.f_locals
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(limit + 200)
+    # The handler raised before it started (it catches everything after):
+    # typically a RecursionError on entry, on a thread whose stack is nearly
+    # full.  Returning 0 makes the C shim (ffibuild.py) call it once more
+    # with room on the stack, so no cancel is lost.
+    return None
+
+
+def _restore_recursion_limit(limit: int) -> None:
     try:
-        _cc_py_notices(args["arg"], args["notices"], args["count"])
-    finally:
         sys.setrecursionlimit(limit)
+    except RecursionError:  # still deeper than that: leave the room given
+        pass
 
 
 _finalizing = False
 
 
 @ffi.def_extern(onerror=_notices_failed)  # type: ignore[untyped-decorator]
-def _cc_py_notices(arg: Any, notices: Any, count: int) -> None:
-    """The binding function of every host (no lock held, G11)."""
+def _cc_py_notices(arg: Any, notices: Any, count: int) -> int:
+    """The binding function of every host (no lock held, G11), through the
+    C shim ``cc_py_binding``.  1: started (and so handled every notice)."""
     b: Binding = _from_handle(arg)
     if _finalizing or b.inherited:
-        return
+        return 1
     b.notices(_unpack(_cast("int64_t *", notices), 3 * count))
+    return 1
 
 
 # ------------------------------------------------------------- contexts
