@@ -1,4 +1,4 @@
-/* channel.c - channels: the unit a fault cancels (G9). */
+/* channel.c - channels: the unit a fault cancels (G9), and their memory. */
 #include <stdlib.h>
 
 #include "internal.h"
@@ -40,19 +40,7 @@ cc_status cc_channel_fault(cc_channel *ch)
 {
     if (!ch)
         return CC_E_INVALID_ARG;
-    cc_host *host = ch->host;
-    uint32_t list = 0;
-    cc_mutex_lock(&ch->lock);
-    if (atomic_load_explicit(&ch->state, memory_order_relaxed) == CC_CHANNEL_STATE_CLOSED) {
-        cc_mutex_unlock(&ch->lock);
-        return CC_E_INVALID_OPERATION;
-    }
-    atomic_store_explicit(&ch->state, CC_CHANNEL_STATE_FAULTED, memory_order_release);
-    uint64_t n = cc_channel_gather(ch, CC_CHANNEL_FAULTED, &list);
-    cc_mutex_unlock(&ch->lock);
-    atomic_fetch_add_explicit(&host->ops_canceled, n, memory_order_relaxed);
-    cc_fanout_run(host, list, CC_CHANNEL_FAULTED);
-    return CC_OK;
+    return cc_cancel_channel(ch);
 }
 
 /* Unlinks ch from the host list starting at *head.  Host lock held. */
@@ -101,28 +89,13 @@ enum cc_channel_state cc_channel_state(const cc_channel *ch)
                                                       memory_order_acquire);
 }
 
-void cc_channel_trim(cc_channel *ch)
-{
-    cc_slot *head = ch->free, *tail = head;
-    for (unsigned i = 1; i < CC_SLOT_BATCH; i++)
-        tail = tail->next;
-    ch->free = tail->next;
-    ch->nfree -= CC_SLOT_BATCH;
-    cc_pool_give(head, tail, CC_SLOT_BATCH);
-}
-
 void cc_channel_destroy(cc_channel *ch)
 {
     cc_host *host = ch->host;
     host->gone_begun += ch->begun;
     host->gone_ended += ch->ended;
     host->gone_free_states += ch->free_states;
-    if (ch->free) {
-        cc_slot *tail = ch->free;
-        while (tail->next)
-            tail = tail->next;
-        cc_pool_give(ch->free, tail, ch->nfree);
-    }
+    cc_inflight_drain(ch);
     cc_mutex_destroy(&ch->lock);
     free(ch);
 }

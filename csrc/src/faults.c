@@ -52,14 +52,6 @@ unsigned cc_faults_visit(cc_host *host, cc_fault_point point)
     return fired;
 }
 
-void cc_faults_apply(cc_host *host, cc_channel *ch, unsigned faults)
-{
-    if (faults & (1u << CC_FAULT_CHANNEL))
-        (void)cc_channel_fault(ch);
-    if (faults & (1u << CC_FAULT_ABORT_HOST))
-        (void)cc_host_abort(host);
-}
-
 cc_status cc_host_fault_add(cc_host *host, cc_fault_point point, cc_fault_action action,
                             uint32_t every_nth, double probability)
 {

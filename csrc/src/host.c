@@ -46,41 +46,11 @@ cc_status cc_host_open(cc_host *host)
     return st;
 }
 
-/* Both lists: operations of closed channels still count. */
-#define FOR_EACH_CHANNEL(host, ch)                                   \
-    for (int list_ = 0; list_ < 2; list_++)                          \
-        for (cc_channel *ch = list_ ? (host)->zombies : (host)->channels; ch; \
-             ch = ch->host_next)
-
-/* Marks the host's operations canceled with CC_HOST_ABORT and returns the
- * callbacks to run.  Host lock held. */
-static uint32_t host_gather(cc_host *host)
-{
-    uint32_t list = 0;
-    uint64_t n = 0;
-    FOR_EACH_CHANNEL(host, ch) {
-        cc_mutex_lock(&ch->lock);
-        n += cc_channel_gather(ch, CC_HOST_ABORT, &list);
-        cc_mutex_unlock(&ch->lock);
-    }
-    atomic_fetch_add_explicit(&host->ops_canceled, n, memory_order_relaxed);
-    return list;
-}
-
 cc_status cc_host_abort(cc_host *host)
 {
     if (!host)
         return CC_E_INVALID_ARG;
-    cc_mutex_lock(&host->lock);
-    int hs = host_state(host);
-    if (hs == CC_HOST_STATE_OPEN)
-        set_state(host, CC_HOST_STATE_FAULTED);
-    else if (hs == CC_HOST_STATE_CLOSING)
-        host->aborted_in_close = true;
-    uint32_t list = host_gather(host);
-    cc_mutex_unlock(&host->lock);
-    /* Fire and return: G7 does not wait for the operations to end. */
-    cc_fanout_run(host, list, CC_HOST_ABORT);
+    cc_cancel_host(host);
     return CC_OK;
 }
 
@@ -97,7 +67,7 @@ static bool wait_idle(cc_host *host, int64_t deadline_ns)
 
         uint64_t busy = 0;
         cc_mutex_lock(&host->lock);
-        FOR_EACH_CHANNEL(host, ch) {
+        CC_FOR_EACH_CHANNEL(host, ch) {
             cc_mutex_lock(&ch->lock);
             ch->closing = true;
             busy += ch->n_inflight;
@@ -137,20 +107,21 @@ cc_status cc_host_close(cc_host *host, int64_t timeout_ms)
     host->aborted_in_close = false;
     cc_mutex_unlock(&host->lock);
 
-    int64_t deadline = cc_now_ns() + (timeout_ms > INT64_MAX / 1000000 - 1
-                                          ? INT64_MAX / 2
-                                          : timeout_ms * 1000000);
+    /* A timeout too large to add to the clock is no deadline at all. */
+    int64_t now = cc_now_ns(), deadline = -1;
+    if (timeout_ms <= (INT64_MAX - now) / 1000000)
+        deadline = now + timeout_ms * 1000000;
     bool escalated = false;
     if (!wait_idle(host, deadline)) {
         /* G8: the timeout turns into an abort, then close waits on. */
         escalated = true;
-        cc_host_abort(host);
+        cc_cancel_host(host);
         wait_idle(host, -1);
     }
 
     cc_mutex_lock(&host->lock);
     set_state(host, CC_HOST_STATE_CLOSED);
-    FOR_EACH_CHANNEL(host, ch) {
+    CC_FOR_EACH_CHANNEL(host, ch) {
         cc_mutex_lock(&ch->lock);
         atomic_store_explicit(&ch->state, CC_CHANNEL_STATE_CLOSED, memory_order_release);
         ch->closing = false;
@@ -183,7 +154,7 @@ void cc_host_free(cc_host *host)
 {
     if (!host)
         return;
-    cc_host_abort(host);
+    cc_cancel_host(host);
     wait_idle(host, -1);
     cc_mutex_lock(&host->lock);
     cc_channel *next;
@@ -233,7 +204,7 @@ cc_status cc_host_get_stats(cc_host *host, cc_stats *out)
     st.ops_ended = host->gone_ended;
     st.free_states_run = host->gone_free_states;
     st.channels_open = host->nchannels;
-    FOR_EACH_CHANNEL(host, ch) {
+    CC_FOR_EACH_CHANNEL(host, ch) {
         cc_mutex_lock(&ch->lock);
         st.ops_begun += ch->begun;
         st.ops_ended += ch->ended;
@@ -247,6 +218,63 @@ cc_status cc_host_get_stats(cc_host *host, cc_stats *out)
     st.cancels_channel_faulted = atomic_load_explicit(&host->cancels_fault, memory_order_relaxed);
     st.callback_errors = atomic_load_explicit(&host->cb_errors, memory_order_relaxed);
     *out = st;
+    return CC_OK;
+}
+
+uint64_t cc_host_stat(cc_host *host, cc_stat which)
+{
+    if (!host)
+        return 0;
+    cc_stats st;
+    switch (which) {
+    case CC_STAT_OPS_CANCELED:
+        return atomic_load_explicit(&host->ops_canceled, memory_order_relaxed);
+    case CC_STAT_CANCELS_HOST_ABORT:
+        return atomic_load_explicit(&host->cancels_abort, memory_order_relaxed);
+    case CC_STAT_CANCELS_CHANNEL_FAULTED:
+        return atomic_load_explicit(&host->cancels_fault, memory_order_relaxed);
+    case CC_STAT_CALLBACK_ERRORS:
+        return atomic_load_explicit(&host->cb_errors, memory_order_relaxed);
+    case CC_STAT_FAULTS_INJECTED:
+        return cc_host_fault_count(host);
+    case CC_STAT_LATENCY_SUM_NS:
+        return atomic_load_explicit(&host->latency_sum_ns, memory_order_relaxed);
+    case CC_STAT_LATENCY_COUNT: {
+        uint64_t n = 0;
+        for (unsigned i = 0; i < CC_LATENCY_BUCKETS; i++)
+            n += atomic_load_explicit(&host->latency[i], memory_order_relaxed);
+        return n;
+    }
+    case CC_STAT_OPS_IN_FLIGHT:
+    case CC_STAT_OPS_BEGUN:
+    case CC_STAT_OPS_ENDED:
+    case CC_STAT_FREE_STATES_RUN:
+    case CC_STAT_CHANNELS_OPEN:
+        (void)cc_host_get_stats(host, &st);
+        return which == CC_STAT_OPS_IN_FLIGHT ? st.ops_in_flight
+             : which == CC_STAT_OPS_BEGUN     ? st.ops_begun
+             : which == CC_STAT_OPS_ENDED     ? st.ops_ended
+             : which == CC_STAT_FREE_STATES_RUN ? st.free_states_run
+                                              : st.channels_open;
+    }
+    return 0;
+}
+
+cc_status cc_host_latency(cc_host *host, uint64_t *counts, size_t n)
+{
+    if (!host || !counts || n < CC_LATENCY_BUCKETS)
+        return CC_E_INVALID_ARG;
+    for (unsigned i = 0; i < CC_LATENCY_BUCKETS; i++)
+        counts[i] = atomic_load_explicit(&host->latency[i], memory_order_relaxed);
+    return CC_OK;
+}
+
+cc_status cc_host_set_binding(cc_host *host, cc_binding_fn fn, void *arg)
+{
+    if (!host)
+        return CC_E_INVALID_ARG;
+    atomic_store_explicit(&host->bind_arg, arg, memory_order_release);
+    atomic_store_explicit(&host->bind_fn, fn, memory_order_release);
     return CC_OK;
 }
 

@@ -1,5 +1,19 @@
 /* internal.h - the structures shared by the core's files.  Nothing here is
- * public; every symbol is hidden by the build's default visibility. */
+ * public; every symbol is hidden by the build's default visibility.
+ *
+ * The files, bottom to top; each calls only files above it in this list
+ * (below it in the stack), never back up:
+ *   sync.c      mutexes, monotonic time, the process-wide wait condition
+ *   handle.c    the slot pool and the slot directory behind handles
+ *   state.c     every move of a slot's state word (the transition table)
+ *   inflight.c  a channel's in-flight list and slot cache; gathering
+ *   faults.c    the fault plan's decisions (it carries none out)
+ *   cancel.c    canceling (abort, fault, the fault plan's actions), running
+ *               callbacks (C ones, binding batches) and finishing operations
+ *   channel.c   channels (G9)
+ *   host.c      hosts (G7, G8, G12) and statistics
+ *   op.c        operations: begin, register, read, end (G1-G5, G10)
+ */
 #ifndef CC_INTERNAL_H
 #define CC_INTERNAL_H
 
@@ -14,13 +28,8 @@
  *
  * An operation lives in a pooled 64-byte slot.  Slots are never freed, only
  * recycled, so a stale handle always points at readable memory; the handle
- * carries the slot's generation, which cc_op_end bumps, so a stale handle
- * is recognised (G10).
- *
- * The slot's one atomic state word holds the generation (high 32 bits) and
- * the flags below: cancel-once (G1), registration (G2/G3), and the hand-off
- * between a cancel callback and the end of the operation (G5) are all CAS
- * transitions on this word.
+ * carries the slot's generation, which the release bumps, so a stale handle
+ * is recognised (G10).  The state word's bits are described in state.c.
  */
 enum {
     ST_LIVE = 1u << 0,       /* begun, not yet released */
@@ -28,18 +37,22 @@ enum {
     ST_ARMED = 1u << 2,      /* ...and published its callbacks */
     ST_CANCELED = 1u << 3,   /* canceled; ST_FAULT_REASON gives the reason */
     ST_FAULT_REASON = 1u << 4,
-    ST_RUNNING = 1u << 5,    /* a thread owns the cancel callback's run */
-    ST_FIRED = 1u << 6,      /* the cancel callback was claimed (G1) */
-    ST_ENDING = 1u << 7,     /* cc_op_end began: no cancel may start (G5) */
-    ST_WAITING = 1u << 8,    /* cc_op_end sleeps until the slot is not busy */
-    ST_INVOKED = 1u << 9,    /* the claimed callback has started (else queued) */
-    ST_FREED = 1u << 10      /* an end that overtook a queued callback ran
+    ST_RUNNING = 1u << 5,    /* a thread owns the slot's callback run */
+    ST_FIRED = 1u << 6,      /* the registered cancel callback was claimed (G1) */
+    ST_ENDING = 1u << 7,     /* the end began: no cancel may start (G5) */
+    ST_WAITING = 1u << 8,    /* an end sleeps until the slot is not busy,
+                                and will finish the operation itself */
+    ST_INVOKED = 1u << 9,    /* the claimed run has started (else queued) */
+    ST_FREED = 1u << 10,     /* an end that overtook a queued run ran
                                 free-state; the claim's owner releases */
+    ST_WATCH = 1u << 11,     /* a binding watches the operation */
+    ST_HAS_FREE = 1u << 12,  /* watched: the registration has a free-state */
+    ST_REGWAIT = 1u << 13,   /* a registration sleeps until ST_RUNNING clears */
+    ST_OVERTAKEN = 1u << 14  /* the end overtook a queued run (see ST_FREED) */
 };
-#define ST_FLAGS 0xffffffffu
 #define ST_GEN(s) ((uint32_t)((s) >> 32))
 
-/* Busy: a thread is inside a transition that cc_op_end must wait out. */
+/* Busy: a thread is inside a transition that an end must wait out. */
 static inline bool st_busy(uint64_t s)
 {
     return (s & ST_RUNNING) || ((s & ST_REG) && !(s & ST_ARMED));
@@ -53,9 +66,9 @@ static inline cc_reason st_reason(uint64_t s)
 typedef struct cc_slot cc_slot;
 struct cc_slot {
     _Atomic uint64_t state;
-    cc_cancel_fn cancel;          /* valid once ST_ARMED */
-    cc_free_state_fn free_state;
-    void *user;
+    cc_cancel_fn cancel;          /* valid once ST_ARMED (not watched) */
+    cc_free_state_fn free_state;  /* likewise */
+    void *user;                   /* the registration's state (watched: its key) */
     cc_channel *channel;          /* set at begin */
     cc_slot *prev, *next;         /* channel's in-flight list, or a free list */
     uint32_t index;               /* position in the slot directory */
@@ -71,7 +84,8 @@ struct cc_slot {
 #  define CC_MAX_SLOTS (1u << 20)
 #endif
 #define CC_IDX_MASK (((uintptr_t)1 << CC_IDX_BITS) - 1)
-#define CC_GEN_MASK ((uint32_t)(UINTPTR_MAX >> CC_IDX_BITS))
+/* One bit short of the word, so a handle value is a positive int64_t. */
+#define CC_GEN_MASK ((uint32_t)(UINTPTR_MAX >> (CC_IDX_BITS + 1)))
 #define CC_CHUNK_BITS 12
 #define CC_CHUNK_SLOTS (1u << CC_CHUNK_BITS)
 #define CC_DIR_SIZE (CC_MAX_SLOTS / CC_CHUNK_SLOTS)
@@ -89,17 +103,15 @@ static inline cc_slot *cc_slot_at(uint32_t index)
     return chunk ? &chunk[index & (CC_CHUNK_SLOTS - 1)] : NULL;
 }
 
-static inline cc_op *cc_handle_encode(const cc_slot *slot, uint32_t gen)
+static inline uintptr_t cc_handle_value(const cc_slot *slot, uint32_t gen)
 {
-    return (cc_op *)(((uintptr_t)(gen & CC_GEN_MASK) << CC_IDX_BITS)
-                     | ((uintptr_t)slot->index + 1));
+    return ((uintptr_t)(gen & CC_GEN_MASK) << CC_IDX_BITS) | ((uintptr_t)slot->index + 1);
 }
 
-/* The slot a handle names and the generation it carries; NULL if it names
- * no slot.  The caller compares generations with cc_gen_matches. */
-static inline cc_slot *cc_handle_slot(const cc_op *op, uint32_t *gen)
+/* The slot a handle value names and the generation it carries; NULL if it
+ * names no slot. */
+static inline cc_slot *cc_handle_slot(uintptr_t h, uint32_t *gen)
 {
-    uintptr_t h = (uintptr_t)op;
     uintptr_t low = h & CC_IDX_MASK;
     if (low == 0)
         return NULL;
@@ -118,6 +130,77 @@ static inline bool cc_gen_live(uint64_t s, uint32_t gen)
 unsigned cc_pool_take(cc_slot **head, unsigned n);
 /* Gives a ->next-linked list of n slots back to the pool. */
 void cc_pool_give(cc_slot *head, cc_slot *tail, unsigned n);
+
+/* ------------------------------------------------- state.c: transitions */
+
+static inline uint64_t cc_st_load(const cc_slot *slot)
+{
+    return atomic_load_explicit(&((cc_slot *)slot)->state, memory_order_acquire);
+}
+
+/* Begin: the slot (free, owned by the channel lock) becomes live. */
+void cc_st_begin(cc_slot *slot, bool watched);
+
+/* Cancel: marks the slot canceled with `reason` unless it already was or its
+ * end began (G5, G6).  Returns 0 if not marked, 1 if marked, 2 if marked and
+ * the callback run is now the caller's (ST_RUNNING): armed, or watched. */
+int cc_st_mark(cc_slot *slot, cc_reason reason);
+
+/* Registration, phase 1: claims the one registration (G2).
+ * CC_E_INVALID_OPERATION if stale, ending or already registered. */
+cc_status cc_st_claim_register(cc_slot *slot, uint32_t gen);
+
+/* Registration, phase 2: publishes it.  `extra` is ST_HAS_FREE or 0. */
+typedef enum cc_arm {
+    CC_ARM_DONE,      /* armed; any cancel comes later, from a canceller */
+    CC_ARM_RUN,       /* armed on a canceled operation: run it now (G3); the
+                         run is ours (ST_RUNNING | ST_INVOKED) */
+    CC_ARM_RUN_NESTED,/* armed on a canceled operation whose run this thread
+                         already owns further up its stack: run it now */
+    CC_ARM_ENDING     /* the end began first: give the claim back */
+} cc_arm;
+cc_arm cc_st_arm(cc_slot *slot, uint64_t extra, bool owner_is_me);
+
+/* A claimed run starts, unless an end overtook it; true if it starts. */
+bool cc_st_invoke(cc_slot *slot);
+
+/* What the thread that drops its part in a slot must do next. */
+typedef enum cc_after {
+    CC_AFTER_NOTHING, /* others still hold it, or an end finishes it */
+    CC_AFTER_FINISH,  /* an end was requested meanwhile: finish it */
+    CC_AFTER_RELEASE  /* an overtaking end ran free-state: release it */
+} cc_after;
+/* Drops a claimed run (ST_RUNNING | ST_INVOKED); `invoked`: it started. */
+cc_after cc_st_drop_run(cc_slot *slot, bool invoked, uint64_t *s);
+/* Drops a registration claim that lost to an end (ST_REG). */
+cc_after cc_st_drop_register(cc_slot *slot, uint64_t *s);
+
+/* End: what the caller of cc_op_end does, given whether this thread is
+ * inside a callback of the slot.  *s is the state word after the move. */
+typedef enum cc_end {
+    CC_ENDING_STALE,     /* stale handle or an end already began */
+    CC_ENDING_PROCEED,   /* not busy: finish it now */
+    CC_ENDING_OVERTAKE,  /* a queued run will never start: free-state now */
+    CC_ENDING_DEFERRED, /* inside its own callback: its owner finishes it */
+    CC_ENDING_WAIT       /* busy on another thread: cc_st_wait_not_busy */
+} cc_end;
+cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, uint64_t *s);
+/* Sleeps until the slot is no longer busy; returns the state word. */
+uint64_t cc_st_wait_not_busy(cc_slot *slot);
+/* Registration only: sleeps until no run owns the slot. */
+void cc_st_wait_not_running(cc_slot *slot);
+/* The fault plan canceled an operation whose end this thread owns: marks it
+ * canceled (if it was not) and takes its run; returns the word before (0 if
+ * it was already canceled: nothing taken).  cc_st_ran_ending gives the run
+ * back and returns the word after. */
+uint64_t cc_st_run_ending(cc_slot *slot, cc_reason reason);
+uint64_t cc_st_ran_ending(cc_slot *slot);
+/* After an overtaking end ran free-state: true if the claim's owner will
+ * release the slot, false if the caller must. */
+bool cc_st_leave_overtaken(cc_slot *slot, uint64_t *s);
+/* Release: the new generation makes every copy of the handle stale (G10).
+ * False if the generation would wrap: the slot is retired, never reused. */
+bool cc_st_release(cc_slot *slot, uint64_t s);
 
 /* ------------------------------------------------------------- channels */
 
@@ -138,23 +221,25 @@ struct cc_channel {
 /* Slots a channel takes from, and beyond twice this gives back to, the pool. */
 #define CC_SLOT_BATCH 32u
 
+/* inflight.c.  Links a fresh live slot into the channel (channel lock held);
+ * NULL when out of memory. */
+cc_slot *cc_inflight_add(cc_channel *ch, bool watched);
 /* Marks every live operation of the channel canceled with `reason` and
- * links the ones whose callback this caller now owns into *list (index + 1
- * links through next_cancel).  Channel lock held.  Returns how many
+ * links the ones whose callback run this caller now owns into *list (index
+ * + 1 links through next_cancel).  Channel lock held.  Returns how many
  * operations were newly canceled. */
-uint64_t cc_channel_gather(cc_channel *ch, cc_reason reason, uint32_t *list);
+uint64_t cc_inflight_gather(cc_channel *ch, cc_reason reason, uint32_t *list);
+/* Unlinks an ended slot and returns it to the channel's cache.  Takes the
+ * channel lock; after it, the caller must touch neither channel nor host. */
+void cc_inflight_release(cc_slot *slot, uint64_t s);
+/* Gives the channel's cached slots back to the pool.  Channel unused. */
+void cc_inflight_drain(cc_channel *ch);
 
-/* Gives slots beyond one batch of the local cache back to the pool.
- * Channel lock held. */
-void cc_channel_trim(cc_channel *ch);
-
-/* Frees a channel that is idle and unlinked from its host, folding its
- * counters into the host's.  Host lock held. */
+/* channel.c, for the host: frees an idle channel unlinked from its host,
+ * folding its counters into the host's; destroys the closed channels that
+ * have become idle.  Host lock held. */
 void cc_channel_destroy(cc_channel *ch);
-
-/* Destroys the closed channels that have become idle.  Host lock held. */
 void cc_sweep_zombies(cc_host *host);
-
 
 /* ---------------------------------------------------------------- hosts */
 
@@ -183,31 +268,50 @@ struct cc_host {
     cc_channel *zombies;      /* closed handles with operations in flight */
     int64_t close_timeout_ms;
     bool aborted_in_close;    /* cc_host_abort ran while CLOSING */
-    /* Counters of channels already destroyed, plus ones updated outside any
-     * channel (fan-out).  Summed with live channels' by cc_host_get_stats. */
+    /* Counters of channels already destroyed.  Summed with live channels'
+     * by the statistics. */
     uint64_t gone_begun, gone_ended, gone_free_states;
     uint64_t nchannels;       /* handles not yet closed */
     _Atomic uint64_t ops_canceled, cancels_abort, cancels_fault, cb_errors;
+    _Atomic uint64_t latency[CC_LATENCY_BUCKETS]; /* trigger -> callback start */
+    _Atomic uint64_t latency_sum_ns;
+    _Atomic(cc_binding_fn) bind_fn;
+    void *_Atomic bind_arg;
     cc_fault_plan faults;
 };
 
-/* Runs the callbacks of a gathered list (no lock held, G11). */
-void cc_fanout_run(cc_host *host, uint32_t list, cc_reason reason);
+/* --------------------------------------------------------- cancel.c */
 
-/* Runs the cancel callback of a slot this thread claimed (ST_RUNNING), then
- * hands the slot back: wakes a waiting cc_op_end, or finishes an end that
- * was requested from inside the callback. */
-void cc_run_cancel(cc_host *host, cc_slot *slot, cc_reason reason);
+/* Both lists of a host: operations of closed channels still count. */
+#define CC_FOR_EACH_CHANNEL(host, ch)                                 \
+    for (int list_ = 0; list_ < 2; list_++)                          \
+        for (cc_channel *ch = list_ ? (host)->zombies : (host)->channels; ch; \
+             ch = ch->host_next)
 
-/* Cancels an operation whose end this thread owns (ST_ENDING, not busy),
- * because the fault plan fired at its end; runs its callback here if it has
- * one that has not run.  Returns the new state word. */
-uint64_t cc_cancel_ending(cc_host *host, cc_slot *slot, unsigned faults);
+/* The bodies of cc_channel_fault and cc_host_abort (G7, G9, G12). */
+cc_status cc_cancel_channel(cc_channel *ch);
+void cc_cancel_host(cc_host *host);
+/* Carries out the channel and host actions of a fault-plan visit. */
+void cc_cancel_apply(cc_host *host, cc_channel *ch, unsigned faults);
+/* Runs the cancel of a registration that found its operation canceled
+ * (G3); `owned`: the run is ours (CC_ARM_RUN) and is dropped here, else a
+ * run further up this thread's stack owns the slot (CC_ARM_RUN_NESTED). */
+void cc_run_registered(cc_host *host, cc_slot *slot, bool owned);
+/* Finishes an ended operation whose end this thread owns: the fault plan's
+ * END visit, free-state, release.  A watched operation's free-state goes to
+ * its binding as a notice, or (hand_back) is returned: its key, or
+ * CC_END_DONE when none is due. */
+int64_t cc_finish(cc_slot *slot, uint64_t s, bool hand_back);
+/* The same without the release, for an end that overtook a queued run
+ * (the run's owner may be the one to release).  *s is updated. */
+int64_t cc_finish_free(cc_slot *slot, uint64_t *s, bool hand_back);
 
-/* Which operations' callbacks run on this thread now: cc_op_end from inside
- * one must not wait for it, and cc_host_close from inside one never ends. */
+/* Which operations' callbacks run on this thread now: an end from inside
+ * one must not wait for it, and a close from inside one never ends. */
 typedef struct cc_frame {
     const cc_slot *slot;
+    cc_slot *const *batch;        /* a binding batch: these slots too */
+    unsigned nbatch;
     const cc_host *host;
     struct cc_frame *prev;
 } cc_frame;
@@ -217,19 +321,13 @@ void cc_frame_pop(cc_frame *frame);
  * operation, or (slot NULL) of any operation of `host`. */
 bool cc_in_callback(const cc_slot *slot, const cc_host *host);
 
-/* Runs free-state if due, then returns the slot to its
- * channel (cc_op_release).  The caller owns the end: ST_ENDING set and the
- * slot not busy, or the last one out of an overtaken claim. */
-void cc_op_finish(cc_slot *slot, uint64_t s);
-void cc_op_release(cc_slot *slot, uint64_t s);
+/* ------------------------------------------------- faults.c: decisions */
 
-/* The fault plan.  visit counts a visit to `point` and returns the actions
- * that fire (bit 1 << cc_fault_action); apply carries out the channel and
- * host ones (no lock held). */
 void cc_faults_init(cc_fault_plan *plan);
 void cc_faults_destroy(cc_fault_plan *plan);
+/* Counts a visit to `point`; returns the actions that fire (bit 1 <<
+ * cc_fault_action).  The caller carries them out. */
 unsigned cc_faults_visit(cc_host *host, cc_fault_point point);
-void cc_faults_apply(cc_host *host, cc_channel *ch, unsigned faults);
 
 static inline bool cc_faults_armed(cc_host *host)
 {

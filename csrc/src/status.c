@@ -4,13 +4,13 @@
 const char *cc_status_str(cc_status status)
 {
     switch (status) {
-    case CC_OK: return "CC_OK";
-    case CC_E_INVALID_ARG: return "CC_E_INVALID_ARG";
-    case CC_E_INVALID_OPERATION: return "CC_E_INVALID_OPERATION";
-    case CC_E_OBJECT_FAULTED: return "CC_E_OBJECT_FAULTED";
-    case CC_E_OPERATION_ABORTED: return "CC_E_OPERATION_ABORTED";
-    case CC_E_NOMEM: return "CC_E_NOMEM";
-    case CC_E_TIMEOUT: return "CC_E_TIMEOUT";
+#define CC_STATUS_NAME_(name, value, meaning) \
+    case name:                                \
+        return #name;
+        CC_STATUS_LIST(CC_STATUS_NAME_)
+#undef CC_STATUS_NAME_
+    case CC_STATUS_END_:
+        break;
     }
     return "CC_E_UNKNOWN";
 }

@@ -1508,112 +1508,12 @@ static void test_free_with_op_in_flight(void)
 
 /* --------------------------------------------------------------- main */
 
-/* ---------------------------------------------- the bindings' two calls */
-
-/* cc_op_begin_with_cancel: begin and the binding's own registration in one
- * call; NULL plus the failing step's status; no fault-plan REGISTER visit. */
-static void test_begin_with_cancel(void)
-{
-    fx f;
-    fx_open(&f);
-    rec r, other;
-    rec_init(&r);
-    rec_init(&other);
-    cc_status st = CC_OK;
-
-    CHECK(cc_op_begin_with_cancel(NULL, rec_cancel, rec_free, &r, &st) == NULL);
-    CHECK_ST(st, CC_E_INVALID_ARG);
-    CHECK(cc_op_begin_with_cancel(f.ch, NULL, rec_free, &r, &st) == NULL);
-    CHECK_ST(st, CC_E_INVALID_ARG);
-    CHECK(cc_op_begin_with_cancel(f.ch, NULL, NULL, NULL, NULL) == NULL); /* status optional */
-    CHECK_EQ_U(stats_of(f.host).ops_in_flight, 0);
-
-    /* A REGISTER rule does not fire: this registration is the binding's. */
-    CHECK_ST(cc_host_fault_add(f.host, CC_FAULT_AT_REGISTER, CC_FAULT_NOMEM, 1, 0.0), CC_OK);
-    cc_op *op = cc_op_begin_with_cancel(f.ch, rec_cancel, rec_free, &r, &st);
-    CHECK(op != NULL);
-    CHECK_ST(st, CC_OK);
-    CHECK_EQ_U(cc_host_fault_count(f.host), 0);
-    /* The one registration is taken. */
-    CHECK_ST(cc_op_register_cancel(op, rec_cancel, rec_free, &other), CC_E_INVALID_OPERATION);
-    CHECK_ST(cc_host_abort(f.host), CC_OK);
-    CHECK_EQ_U(atomic_load(&r.cancels), 1);
-    CHECK_EQ_U(atomic_load(&r.reason), CC_HOST_ABORT);
-    CHECK_ST(cc_op_end(op), CC_OK);
-    CHECK_EQ_U(atomic_load(&r.frees), 1);
-    CHECK_EQ_U(atomic_load(&other.cancels) + atomic_load(&other.frees), 0);
-
-    /* Refused by state: the begin's status, nothing in flight. */
-    CHECK(cc_op_begin_with_cancel(f.ch, rec_cancel, rec_free, &r, &st) == NULL);
-    CHECK_ST(st, CC_E_OBJECT_FAULTED);
-    CHECK_EQ_U(stats_of(f.host).ops_in_flight, 0);
-    cc_host_free(f.host);
-
-    /* NOMEM injected at begin: NULL, CC_E_NOMEM, no operation left behind. */
-    fx_open(&f);
-    CHECK_ST(cc_host_fault_add(f.host, CC_FAULT_AT_BEGIN, CC_FAULT_NOMEM, 1, 0.0), CC_OK);
-    rec_init(&r);
-    CHECK(cc_op_begin_with_cancel(f.ch, rec_cancel, rec_free, &r, &st) == NULL);
-    CHECK_ST(st, CC_E_NOMEM);
-    CHECK_EQ_U(stats_of(f.host).ops_in_flight, 0);
-    CHECK_EQ_U(atomic_load(&r.frees), 0);
-
-    /* Canceled as it begins (a channel fault at BEGIN): the callback runs
-     * inside the call (G3). */
-    CHECK_ST(cc_host_fault_reset(f.host, 1), CC_OK);
-    CHECK_ST(cc_host_fault_add(f.host, CC_FAULT_AT_BEGIN, CC_FAULT_CHANNEL, 1, 0.0), CC_OK);
-    op = cc_op_begin_with_cancel(f.ch, rec_cancel, rec_free, &r, &st);
-    CHECK(op != NULL);
-    CHECK_EQ_U(atomic_load(&r.cancels), 1);
-    CHECK_EQ_U(atomic_load(&r.reason), CC_CHANNEL_FAULTED);
-    CHECK_EQ_U(atomic_load(&r.cancel_on_expected), 1);
-    CHECK_ST(cc_op_end(op), CC_OK);
-    CHECK_EQ_U(atomic_load(&r.frees), 1);
-    cc_host_free(f.host);
-}
-
-/* cc_op_visit_register_faults: the REGISTER visit a binding makes when its
- * user registers. */
-static void test_visit_register_faults(void)
-{
-    fx f;
-    fx_open(&f);
-    rec r;
-    rec_init(&r);
-    CHECK_ST(cc_op_visit_register_faults(NULL), CC_E_INVALID_ARG);
-    cc_op *op = cc_op_begin_with_cancel(f.ch, rec_cancel, rec_free, &r, NULL);
-    CHECK(op != NULL);
-    CHECK_ST(cc_op_visit_register_faults(op), CC_OK); /* no rules: no visit */
-    CHECK_EQ_U(cc_host_fault_count(f.host), 0);
-
-    CHECK_ST(cc_host_fault_add(f.host, CC_FAULT_AT_REGISTER, CC_FAULT_NOMEM, 2, 0.0), CC_OK);
-    CHECK_ST(cc_op_visit_register_faults(op), CC_OK);    /* visit 1 */
-    CHECK_ST(cc_op_visit_register_faults(op), CC_E_NOMEM); /* visit 2: nothing changed */
-    CHECK_EQ_U(atomic_load(&r.cancels), 0);
-    CHECK(cc_channel_state(f.ch) == CC_CHANNEL_STATE_OPEN);
-
-    CHECK_ST(cc_host_fault_reset(f.host, 0), CC_OK);
-    CHECK_ST(cc_host_fault_add(f.host, CC_FAULT_AT_REGISTER, CC_FAULT_CHANNEL, 1, 0.0), CC_OK);
-    CHECK_ST(cc_op_visit_register_faults(op), CC_OK);
-    CHECK_EQ_U(atomic_load(&r.cancels), 1); /* the channel fault reached it */
-    CHECK_EQ_U(atomic_load(&r.reason), CC_CHANNEL_FAULTED);
-    CHECK(cc_channel_state(f.ch) == CC_CHANNEL_STATE_FAULTED);
-    CHECK_EQ_U(cc_host_fault_count(f.host), 1);
-
-    CHECK_ST(cc_op_end(op), CC_OK);
-    CHECK_ST(cc_op_visit_register_faults(op), CC_E_INVALID_OPERATION); /* stale */
-    CHECK_EQ_U(atomic_load(&r.frees), 1);
-    cc_host_free(f.host);
-}
-
 int main(void)
 {
     g_main_thread = pthread_self();
     signal(SIGALRM, on_watchdog);
 
     RUN_GUARDED(test_null_handles);
-    RUN_GUARDED(test_begin_with_cancel);
-    RUN_GUARDED(test_visit_register_faults);
     RUN_GUARDED(test_null_out_pointers);
     RUN_GUARDED(test_register_null_cancel);
     RUN_GUARDED(test_second_registration);
