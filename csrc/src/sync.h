@@ -51,6 +51,21 @@ static inline void cc_mutex_unlock(cc_mutex *m) { (void)pthread_mutex_unlock(m);
 #  define CC_THREAD_LOCAL _Thread_local
 #endif
 
+/* One pointer per thread: the head of the core's frame list (which
+ * callbacks run on this thread now).  The frames live on their threads'
+ * stacks, so nothing is left to free when a thread exits.  POSIX: a
+ * CC_THREAD_LOCAL variable.  Win32: a TLS index (TlsAlloc, once), so the
+ * mingw-w64 build, whose GCC would emulate _Thread_local in libgcc, needs
+ * nothing but kernel32. */
+#if defined(_WIN32)
+void *cc_tls_get(void);
+void cc_tls_set(void *p);
+#else
+extern CC_THREAD_LOCAL void *cc_tls_head;
+static inline void *cc_tls_get(void) { return cc_tls_head; }
+static inline void cc_tls_set(void *p) { cc_tls_head = p; }
+#endif
+
 /* Monotonic nanoseconds. */
 int64_t cc_now_ns(void);
 

@@ -9,6 +9,8 @@
 int cc_mutex_init(cc_mutex *m) { return pthread_mutex_init(m, NULL); }
 void cc_mutex_destroy(cc_mutex *m) { (void)pthread_mutex_destroy(m); }
 
+CC_THREAD_LOCAL void *cc_tls_head;
+
 int64_t cc_now_ns(void)
 {
     struct timespec ts;

@@ -10,6 +10,9 @@
 #endif
 #include <windows.h>
 
+#include <stdatomic.h>
+#include <stdlib.h>
+
 #include "sync.h"
 
 /* sync.h's opaque types stand in for these: same size, and all-zero is the
@@ -31,6 +34,42 @@ void cc_mutex_destroy(cc_mutex *m) { (void)m; }
 
 void cc_mutex_lock(cc_mutex *m) { AcquireSRWLockExclusive(srw(m)); }
 void cc_mutex_unlock(cc_mutex *m) { ReleaseSRWLockExclusive(srw(m)); }
+
+/* ------------------------------------------------------------------- TLS */
+
+static INIT_ONCE g_tls_once = INIT_ONCE_STATIC_INIT;
+static atomic_bool g_tls_ready; /* g_tls_index is set */
+static DWORD g_tls_index;
+
+static BOOL CALLBACK tls_init(PINIT_ONCE once, PVOID param, PVOID *context)
+{
+    (void)once;
+    (void)param;
+    (void)context;
+    g_tls_index = TlsAlloc();
+    /* Only when a process has used up all of its TLS indexes (over a
+     * thousand): without the frame list an end from inside its own
+     * callback would wait for itself, so stop here rather than hang. */
+    if (g_tls_index == TLS_OUT_OF_INDEXES)
+        abort();
+    atomic_store_explicit(&g_tls_ready, true, memory_order_release);
+    return TRUE;
+}
+
+/* No index yet means no thread ever pushed a frame: the list is empty.
+ * (TlsGetValue is a few loads from the thread's TEB, no system call.) */
+void *cc_tls_get(void)
+{
+    return atomic_load_explicit(&g_tls_ready, memory_order_acquire) ? TlsGetValue(g_tls_index)
+                                                                    : NULL;
+}
+
+void cc_tls_set(void *p)
+{
+    if (!atomic_load_explicit(&g_tls_ready, memory_order_acquire))
+        InitOnceExecuteOnce(&g_tls_once, tls_init, NULL, NULL);
+    (void)TlsSetValue(g_tls_index, p);
+}
 
 /* ------------------------------------------------------------------ time */
 
