@@ -1,7 +1,7 @@
 /* sync.h - the operating-system seam: the few primitives the core needs.
  *
  * Two backends implement it: POSIX threads (sync_posix.c) and Win32
- * (sync_win32.c: SRWLOCK, CONDITION_VARIABLE, InitOnceExecuteOnce,
+ * (sync_win32.c: SRWLOCK, CONDITION_VARIABLE, InitOnceExecuteOnce, TlsAlloc,
  * QueryPerformanceCounter, VirtualAlloc).  No other core file includes an
  * OS header, so a port touches only this header and one backend.
  *
@@ -42,9 +42,9 @@ static inline void cc_mutex_lock(cc_mutex *m) { (void)pthread_mutex_lock(m); }
 static inline void cc_mutex_unlock(cc_mutex *m) { (void)pthread_mutex_unlock(m); }
 #endif
 
-/* A thread-local variable.  C11's keyword everywhere but MSVC.  (GCC for
- * mingw-w64 emulates it through libgcc's emutls, which is correct, only a
- * call per access.) */
+/* A thread-local variable: C11's keyword everywhere but MSVC.  (GCC for
+ * mingw-w64 emulates it in libgcc, whose emutls then stands on the compiler's
+ * thread library; the core's own per-thread state uses cc_tls_get/set.) */
 #if defined(_MSC_VER) && !defined(__clang__)
 #  define CC_THREAD_LOCAL __declspec(thread)
 #else

@@ -1,7 +1,7 @@
 /* sync_win32.c - the Win32 backend of sync.h: SRWLOCK, CONDITION_VARIABLE,
- * InitOnceExecuteOnce, QueryPerformanceCounter and VirtualAlloc.  Only
- * kernel32 primitives: nothing here goes through a pthreads emulation.
- * Windows has no fork(), so no fork handlers either. */
+ * InitOnceExecuteOnce, a TLS index, QueryPerformanceCounter and
+ * VirtualAlloc.  Only kernel32 primitives: nothing here goes through a
+ * pthreads emulation.  Windows has no fork(), so no fork handlers either. */
 #ifndef WIN32_LEAN_AND_MEAN
 #  define WIN32_LEAN_AND_MEAN
 #endif
