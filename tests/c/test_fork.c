@@ -23,7 +23,7 @@
 
 #include "cc_test.h"
 
-#define ROUNDS 60
+#define ROUNDS 200
 #define CHURNERS 2
 #define CHILD_OPS 300           /* more than a channel caches: the pool is used */
 #define CHILD_LIMIT_S 10
