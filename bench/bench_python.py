@@ -218,12 +218,12 @@ def plain_read(n: int) -> float:
 
 def cffi_read(n: int) -> float:
     """Informational: the C hot path (cc_op_is_canceled) called through cffi."""
-    from cancelcore._cancelcore import lib
+    from cancelcore._cancelcore import ffi, lib
 
     host = ServiceHost()
     host.open()
     ctx = host.accept_channel().begin_operation()
-    is_canceled, op = lib.cc_op_is_canceled, ctx._op
+    is_canceled, op = lib.cc_op_is_canceled, ffi.cast("cc_op *", ctx._h)
     with Timer() as t:
         for _ in repeat(None, n):
             is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702

@@ -16,8 +16,24 @@ from pathlib import Path
 import cffi
 
 TRAMPOLINES = """
-extern "Python" void _cc_py_cancel(cc_reason reason, void *state);
+extern "Python" void _cc_py_notices(void *arg, const cc_notice *notices, size_t count);
 """
+
+_STATUS_ITEM = re.compile(r"X\((CC_\w+),\s*(-?\d+),")
+
+
+def expand_status_list(header: str, text: str) -> str:
+    """The header's X-macro of statuses, spelled out as the enum cffi reads
+    (its parser takes no macros)."""
+    items = _STATUS_ITEM.findall(header)
+    if not items:
+        raise SystemExit("ffibuild: no CC_STATUS_LIST in the header")
+    body = ", ".join(f"{name} = {value}" for name, value in items)
+    return re.sub(
+        r"typedef enum cc_status \{[^}]*\} cc_status;",
+        "typedef enum cc_status { " + body + " } cc_status;",
+        text,
+    )
 
 
 def cdef_from_header(text: str) -> str:
@@ -31,7 +47,7 @@ def cdef_from_header(text: str) -> str:
         if stripped.startswith('extern "C"') or stripped.startswith('} /* extern "C"'):
             continue
         lines.append(line.replace("CC_API ", ""))
-    return "\n".join(lines)
+    return expand_status_list(text, "\n".join(lines))
 
 
 def make_ffi(header: Path) -> cffi.FFI:

@@ -70,7 +70,7 @@ def run_async(
         try:
             return await fn(ctx, *args)
         finally:
-            ctx.end()
+            ctx.__exit__(None, None, None)  # unless its plumbing ended it
 
     task = loop.create_task(operation())
     live = channel._host._async_live
@@ -83,7 +83,21 @@ def run_async(
 
 def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], ctx: OperationContext) -> None:
     """Runs on whichever thread canceled the operation."""
-    call_soon(loop, task.cancel, f"cancelcore: operation canceled ({ctx.cancel_reason!r})")
+    try:
+        loop.call_soon_threadsafe(
+            task.cancel, f"cancelcore: operation canceled ({ctx.cancel_reason!r})"
+        )
+    except RuntimeError:
+        # The loop has closed: the task will never run again, so nothing
+        # else will end its operation, and close() would wait for it
+        # forever.  It completes here.
+        live = ctx._host._async_live
+        live.discard(ctx)
+        if ctx._h:
+            try:
+                ctx.end()
+            except Exception:  # ended meanwhile
+                pass
 
 
 def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

@@ -42,28 +42,32 @@ class OutOfMemoryError(CancelCoreError, MemoryError):
     """The core could not allocate (or the fault plan said so)."""
 
 
-# Statuses of cancelcore.h (CC_E_*), by value.
-_BY_STATUS: dict[int, type[Exception]] = {
-    -1: ValueError,
-    -2: InvalidOperationError,
-    -3: ObjectFaultedError,
-    -4: OperationAbortedError,
-    -5: OutOfMemoryError,
-    -6: TimeoutError,
-}
+def _status_classes() -> "dict[int, type[Exception]]":
+    # The statuses are the header's (one X-macro); only their classes are
+    # chosen here.
+    from ._cancelcore import lib
+
+    return {
+        lib.CC_E_INVALID_ARG: ValueError,
+        lib.CC_E_INVALID_OPERATION: InvalidOperationError,
+        lib.CC_E_OBJECT_FAULTED: ObjectFaultedError,
+        lib.CC_E_OPERATION_ABORTED: OperationAbortedError,
+        lib.CC_E_NOMEM: OutOfMemoryError,
+        lib.CC_E_TIMEOUT: TimeoutError,
+    }
+
+
+_BY_STATUS = _status_classes()
+
+
+def status_name(status: int) -> str:
+    """The header's name of a status ("CC_E_TIMEOUT")."""
+    from ._cancelcore import ffi, lib
+
+    return str(ffi.string(lib.cc_status_str(status)).decode())
 
 
 def raise_status(status: int, what: str) -> NoReturn:
     """Raises the exception for a failed status of the core."""
     cls = _BY_STATUS.get(status, CancelCoreError)
-    raise cls(f"{what}: {_STATUS_NAMES.get(status, 'CC_E_UNKNOWN')}")
-
-
-_STATUS_NAMES = {
-    -1: "CC_E_INVALID_ARG",
-    -2: "CC_E_INVALID_OPERATION",
-    -3: "CC_E_OBJECT_FAULTED",
-    -4: "CC_E_OPERATION_ABORTED",
-    -5: "CC_E_NOMEM",
-    -6: "CC_E_TIMEOUT",
-}
+    raise cls(f"{what}: {status_name(status)}")

@@ -4,49 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
-import itertools
 import math
+import os
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Callable, Coroutine, Optional, TypeVar, Union, overload
 
-from . import _dispatch
+from . import _dispatch, _operation
 from ._cancelcore import ffi, lib
 from ._enums import ChannelState, FaultAction, FaultPoint, HostState
 from ._errors import InvalidOperationError, raise_status
-from ._operation import OperationContext, new_context
+from ._operation import (
+    Binding,
+    OperationContext,
+    _current,
+    inside_callback_of,
+    new_context,
+    reraise_interrupts,
+)
 
 __all__ = ["ServiceHost", "Channel", "FaultPlan"]
 
 T = TypeVar("T")
-_begin_with_cancel = lib.cc_op_begin_with_cancel
-_trampoline = lib._cc_py_cancel
+_begin = lib.cc_op_begin_watched
+_binding_fn = lib._cc_py_notices
 _NULL = ffi.NULL
+_MAX_MS = 2**62  # beyond any clock: the core waits without a deadline
 
 
 def _seconds(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value < 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: forever
+        seconds = math.inf
+    if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
-    return float(value)
+    return seconds
 
 
 def _ms(seconds: float) -> int:
-    return min(int(math.ceil(seconds * 1000.0)), 2**62) if math.isfinite(seconds) else 2**62
+    if not seconds < _MAX_MS / 1000.0:  # inf, or past any clock
+        return _MAX_MS
+    return int(math.ceil(seconds * 1000.0))
 
 
-def _count(counter: itertools.count[int]) -> int:
-    # itertools.count is CPython's GIL-atomic counter (one C call to bump,
-    # no lock on the hot path); its repr, "count(N)", is the one way to read
-    # it without advancing it.
-    text = repr(counter)
-    if not (text.startswith("count(") and text.endswith(")")):
-        raise RuntimeError(f"unexpected itertools.count repr {text!r}")
-    return int(text[6:-1])
+def _workers_count(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_workers must be an int or None, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"max_workers must be > 0, not {value}")
+    return value
 
 
 class ServiceHost:
@@ -55,37 +68,44 @@ class ServiceHost:
 
     ``close_timeout`` (seconds) is how long ``close()`` waits for in-flight
     operations before aborting the host (G8).  As a context manager the host
-    is opened on enter and closed on exit.
+    is opened on enter and closed on exit.  ``max_workers`` sizes the thread
+    pool that ``dispatch`` runs plain functions on.
     """
 
     def __init__(self, close_timeout: float = 5.0, *, max_workers: Optional[int] = None) -> None:
         timeout = _seconds(close_timeout, "close_timeout")
+        self._max_workers = _workers_count(max_workers)
         out = ffi.new("cc_host **")
         status = lib.cc_host_create(out)
         if status:
             raise_status(status, "cc_host_create")
         self._ptr = out[0]
+        self._b = b = Binding(self._ptr)
+        lib.cc_host_set_binding(self._ptr, _binding_fn, b.handle)
         lib.cc_host_set_close_timeout(self._ptr, _ms(timeout))
         self._close_timeout = timeout
-        # Contexts whose operation C may still call back about: they, and so
-        # their cffi handles, stay alive until they end.
-        self._live: set[OperationContext] = set()
         self._async_live: set[OperationContext] = set()  # dispatched coroutines
-        # close() waits on this for free-states Python runs after C's end.
-        self._closing = False
-        self._idle = threading.Condition()
-        self._free_states = itertools.count()
-        self._cancel_callbacks = itertools.count()
-        self._faults_armed = False  # read by register_for_cancel
         self._faults = FaultPlan(self)
-        self._max_workers = max_workers
         self._executor: Optional[ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _free_host, self._ptr, self._live)
+        # Not at exit: a host Python can still reach is never freed under it.
+        self._finalizer = weakref.finalize(self, _release_host, b)
+        self._finalizer.atexit = False
+        _bindings.add(b)
         _hosts.add(self)
 
     def __repr__(self) -> str:
         return f"<ServiceHost {self.state.name}>"
+
+    @property
+    def _live(self) -> set[OperationContext]:
+        """The contexts in flight (for tests and cleanup)."""
+        live = set()
+        for ref in list(self._b.ops.values()):
+            ctx = ref()
+            if ctx is not None:
+                live.add(ctx)
+        return live
 
     # ----------------------------------------------------------- states
 
@@ -117,14 +137,18 @@ class ServiceHost:
         flight; after ``timeout`` seconds (default: the host's close timeout)
         it aborts the host and waits for them to finish.  Returns True if
         every operation ended without being canceled by an abort during the
-        close, False if the timeout expired or the host was aborted."""
+        close, False if the timeout expired or the host was aborted.
+
+        Refused with ``InvalidOperationError`` from inside one of this host's
+        operations or callbacks, which it would wait for forever, and on an
+        event loop thread that has dispatched coroutines in flight (use
+        ``aclose()``).  Ctrl-C reaches the caller at once; the close goes on
+        in the background."""
         ms = -1 if timeout is None else _ms(_seconds(timeout, "timeout"))
-        me = threading.get_ident()
-        if any(ctx._firing == me for ctx in list(self._live)):
-            # Inside a cancel callback of one of our operations (one run by
-            # register_for_cancel, G3, which C does not see): close would
-            # wait for an operation that cannot end before we return.
-            raise InvalidOperationError("close() from inside a cancel callback of this host")
+        b = self._b
+        cur = _current.get()
+        if (cur is not None and cur._host is self and cur._h != 0) or inside_callback_of(b):
+            raise InvalidOperationError("close() from inside an operation or callback of this host")
         if self._async_live and _on_loop_thread():
             # Blocking here would starve the loop its async operations need
             # to finish, or to see their cancellation: they never could.
@@ -132,40 +156,62 @@ class ServiceHost:
                 "close() on the event loop thread with async operations in flight "
                 "would deadlock; use `await host.aclose()`"
             )
-        status = lib.cc_host_close(self._ptr, ms)
+        # The core waits on its own thread, so this one stays interruptible
+        # (Ctrl-C) and the callbacks an escalation runs never see a signal.
+        result: list[int] = []
+        done = threading.Event()
+
+        def closer() -> None:
+            try:
+                result.append(lib.cc_host_close(self._ptr, ms))
+            finally:
+                done.set()
+
+        threading.Thread(target=closer, name="cancelcore-close", daemon=True).start()
+        done.wait()
+        status = result[0]
         if status == lib.CC_E_TIMEOUT or status == lib.CC_E_OPERATION_ABORTED:
             graceful = False
         elif status:
             raise_status(status, f"close a host in state {self.state.name}")
         else:
             graceful = True
-        # Every operation has ended in C; the free-states Python runs after
-        # that may still be running on other threads.  Completion includes
-        # them (G4, G8).
-        if self._live:
-            self._closing = True
-            with self._idle:
-                while self._live:
-                    self._idle.wait()
-            self._closing = False
+        # Every operation has ended in the core; the free-states Python runs
+        # right after may still be running on other threads.  Completion
+        # includes them (G4, G8).
+        if b.ops:
+            b.closing = True
+            with b.idle:
+                while b.ops:
+                    b.idle.wait(0.05)
+            b.closing = False
         self._shutdown_executor()
         return graceful
 
-    def _notify_idle(self) -> None:
-        with self._idle:
-            self._idle.notify_all()
-
     async def aclose(self, timeout: Optional[float] = None) -> bool:
-        """``close()`` for coroutines: waits on a worker thread, so the
-        event loop keeps running the operations being waited for."""
+        """``close()`` for coroutines: waits on a thread of its own (never a
+        pool the host's operations could fill), so the event loop keeps
+        running the operations being waited for."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(self.close, timeout))
+        future: asyncio.Future[bool] = loop.create_future()
+
+        def run() -> None:
+            try:
+                graceful = self.close(timeout)
+            except BaseException as exc:  # handed to the awaiting task
+                _dispatch.call_soon(loop, _settle, future, None, exc)
+            else:
+                _dispatch.call_soon(loop, _settle, future, graceful, None)
+
+        threading.Thread(target=run, name="cancelcore-aclose", daemon=True).start()
+        return await future
 
     def abort(self) -> None:
         """Cancels every in-flight operation with ``HOST_ABORT`` (their
         callbacks run on this thread before it returns) without waiting for
         them to end (G7).  Accepted in every state; idempotent."""
         lib.cc_host_abort(self._ptr)
+        reraise_interrupts()
 
     def reset(self) -> None:
         """CLOSED or CREATED -> CREATED, so the host can be opened again."""
@@ -229,12 +275,28 @@ class ServiceHost:
             "ops_canceled": st.ops_canceled,
             "cancels_host_abort": st.cancels_host_abort,
             "cancels_channel_faulted": st.cancels_channel_faulted,
-            "cancel_callbacks_run": _count(self._cancel_callbacks),
-            "free_states_run": _count(self._free_states) + st.free_states_run,
+            "cancel_callbacks_run": lib.cc_host_stat(self._ptr, lib.CC_STAT_USER_CANCELS_RUN),
+            "free_states_run": st.free_states_run,
             "callback_errors": st.callback_errors,
             "channels_open": st.channels_open,
             "faults_injected": lib.cc_host_fault_count(self._ptr),
         }
+
+    def cancel_latency(self) -> tuple[list[tuple[float, int]], int, float]:
+        """The core's histogram of the latency from a cancel's trigger to
+        its callback's start: ``(buckets, count, sum_seconds)``, buckets as
+        ``(upper_bound_seconds, count)`` (not cumulative; the last bound is
+        ``inf``)."""
+        n = lib.CC_LATENCY_BUCKETS
+        counts = ffi.new("uint64_t[]", n)
+        lib.cc_host_latency(self._ptr, counts, n)
+        buckets = []
+        for i in range(n):
+            bound = lib.cc_latency_bound_ns(i)
+            buckets.append((math.inf if i == n - 1 else bound / 1e9, int(counts[i])))
+        total = lib.cc_host_stat(self._ptr, lib.CC_STAT_LATENCY_COUNT)
+        sum_s = lib.cc_host_stat(self._ptr, lib.CC_STAT_LATENCY_SUM_NS) / 1e9
+        return buckets, int(total), float(sum_s)
 
     @property
     def faults(self) -> FaultPlan:
@@ -286,6 +348,15 @@ class ServiceHost:
             executor.shutdown(wait=False)
 
 
+def _settle(future: asyncio.Future[bool], result: Optional[bool], exc: Optional[BaseException]) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(bool(result))
+
+
 def _on_loop_thread() -> bool:
     try:
         asyncio.get_running_loop()
@@ -294,11 +365,21 @@ def _on_loop_thread() -> bool:
     return True
 
 
-def _free_host(ptr: Any, live: set[OperationContext]) -> None:
-    # A host collected with operations still in flight is left allocated:
-    # freeing it would abort them into contexts that no longer exist.
-    if not live:
-        lib.cc_host_free(ptr)
+_leaked: list[Binding] = []
+
+
+def _release_host(b: Binding) -> None:
+    """The ServiceHost is gone: free the core host, unless operations are
+    still in flight (freeing would wait for them, or abort them into
+    contexts nobody holds): then it stays allocated, and so does its
+    binding, which the core may still call."""
+    if b.inherited:
+        return  # the parent's: not ours to free
+    if lib.cc_host_stat(b.ptr, lib.CC_STAT_OPS_IN_FLIGHT):
+        _leaked.append(b)
+        return
+    b.freed = True
+    lib.cc_host_free(b.ptr)
 
 
 # Interpreter exit: abort what is still in flight while callbacks can still
@@ -306,20 +387,23 @@ def _free_host(ptr: Any, live: set[OperationContext]) -> None:
 # worker blocked until its operation is canceled would hang the exit -- and
 # then refuse callbacks into a finalizing interpreter.
 _hosts: weakref.WeakSet[ServiceHost] = weakref.WeakSet()
+_bindings: weakref.WeakSet[Binding] = weakref.WeakSet()
 
 
 def _abort_live_hosts() -> None:
     for host in list(_hosts):
-        if host._live:
+        b = host._b
+        if not b.inherited and not b.freed and b.ops:
             host.abort()
 
 
 @atexit.register
 def _at_exit() -> None:
-    from . import _operation
-
     _abort_live_hosts()
     _operation._finalizing = True
+    for b in list(_bindings):
+        if not b.freed and not b.inherited:
+            lib.cc_host_set_binding(b.ptr, _NULL, _NULL)
 
 
 # Runs where concurrent.futures stops its workers: ahead of the thread joins.
@@ -328,18 +412,34 @@ if _before_thread_joins is not None:
     _before_thread_joins(_abort_live_hosts)
 
 
+def _after_fork_in_child() -> None:
+    # The parent's hosts are the parent's: the child never runs their
+    # callbacks, now or at its exit, and never frees them.
+    for b in list(_bindings):
+        b.inherited = True
+        if not b.freed:
+            lib.cc_host_set_binding(b.ptr, _NULL, _NULL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Channel:
     """A channel of a host: the unit a fault cancels (G9).  Created by
-    ``ServiceHost.accept_channel()``; as a context manager, closed on exit."""
+    ``ServiceHost.accept_channel()``; as a context manager, closed on exit.
+    A channel dropped without ``close()`` is released when collected."""
 
-    __slots__ = ("_host", "_ptr", "__weakref__")
+    __slots__ = ("_host", "_b", "_ptr", "_closed", "__weakref__")
 
     def __init__(self, host: ServiceHost, ptr: Any) -> None:
         self._host = host
+        self._b = host._b
         self._ptr = ptr
+        self._closed = False
 
     def __repr__(self) -> str:
-        return f"<Channel {self.state.name if self._ptr is not None else 'released'}>"
+        return f"<Channel {self.state.name}>"
 
     @property
     def host(self) -> ServiceHost:
@@ -348,7 +448,7 @@ class Channel:
     @property
     def state(self) -> ChannelState:
         """OPEN, FAULTED, or CLOSED once its host was closed or it was."""
-        if self._ptr is None:
+        if self._closed:
             return ChannelState.CLOSED
         return ChannelState(lib.cc_channel_state(self._ptr))
 
@@ -357,45 +457,41 @@ class Channel:
         ``ObjectFaultedError`` on a faulted channel or host,
         ``InvalidOperationError`` if the host is not open or the channel was
         closed."""
-        ptr = self._ptr
-        if ptr is None:
-            raise InvalidOperationError("the channel is closed")
-        host = self._host
-        ctx = new_context(host)
-        host._live.add(ctx)
-        op = _begin_with_cancel(ptr, _trampoline, _NULL, ctx._handle, _NULL)
-        if not op:
-            host._live.discard(ctx)
-            self._begin_failed()
-        ctx._op = op
+        h = _begin(self._ptr)
+        if h < 0:
+            reraise_interrupts()
+            if self._closed:
+                raise InvalidOperationError("begin an operation: the channel is closed")
+            raise_status(h, "begin an operation")
+        ctx = new_context(self._b, self._host, h)
+        if _operation._interrupts:
+            reraise_interrupts()
         return ctx
-
-    def _begin_failed(self) -> None:
-        # Re-read the states to name the refusal; both open means memory.
-        hs = lib.cc_host_state(self._host._ptr)
-        cs = lib.cc_channel_state(self._ptr)
-        if cs == lib.CC_CHANNEL_STATE_FAULTED or hs == lib.CC_HOST_STATE_FAULTED:
-            raise_status(lib.CC_E_OBJECT_FAULTED, "begin an operation")
-        if cs != lib.CC_CHANNEL_STATE_OPEN or hs != lib.CC_HOST_STATE_OPEN:
-            raise_status(lib.CC_E_INVALID_OPERATION, "begin an operation")
-        raise_status(lib.CC_E_NOMEM, "begin an operation")
 
     def fault(self) -> None:
         """Faults the channel: its in-flight operations are canceled with
         ``CHANNEL_FAULTED`` (callbacks run on this thread before it returns);
         the host stays open (G9).  Idempotent."""
-        if self._ptr is None:
+        if self._closed:
             raise InvalidOperationError("the channel is closed")
         status = lib.cc_channel_fault(self._ptr)
+        reraise_interrupts()
         if status:
             raise_status(status, "fault a channel whose host was closed")
 
     def close(self) -> None:
-        """Releases the channel.  Its in-flight operations go on and can
-        still be canceled by an abort.  Closing twice is harmless."""
-        ptr, self._ptr = self._ptr, None
-        if ptr is not None:
-            lib.cc_channel_close(ptr)
+        """Closes the channel to new operations.  Its in-flight operations
+        go on and can still be canceled by an abort.  Closing twice is
+        harmless.  (The core's handle is released when the channel is
+        collected, so a close racing a begin on another thread is safe.)"""
+        if not self._closed:
+            self._closed = True
+            lib.cc_channel_shutdown(self._ptr)
+
+    def __del__(self) -> None:
+        b = getattr(self, "_b", None)
+        if b is not None and not b.freed and not b.inherited and not _operation._finalizing:
+            lib.cc_channel_close(self._ptr)
 
     def __enter__(self) -> Channel:
         return self
@@ -433,9 +529,11 @@ class FaultPlan:
             raise TypeError("probability must be a number")
         if not 0 <= every < 2**32:
             raise ValueError("every must be in [0, 2**32)")
-        status = lib.cc_host_fault_add(self._host._ptr, at, action, every, float(probability))
-        if status == lib.CC_OK:
-            self._host._faults_armed = True
+        try:
+            p = float(probability)
+        except OverflowError:
+            raise ValueError(f"probability must be in [0, 1], not {probability!r}") from None
+        status = lib.cc_host_fault_add(self._host._ptr, at, action, every, p)
         if status == lib.CC_E_NOMEM:
             raise ValueError("a fault plan holds at most 16 rules")
         if status:
@@ -449,7 +547,6 @@ class FaultPlan:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError("seed must be an int")
         lib.cc_host_fault_reset(self._host._ptr, seed & (2**64 - 1))
-        self._host._faults_armed = False
 
     @property
     def injected(self) -> int:

@@ -1,50 +1,67 @@
-"""Operation contexts: the Python face of one in-flight call (G1-G5, G10, G13).
+"""Operation contexts: the Python face of one in-flight call.
 
-Every operation is begun in C together with one registration that points at
-the trampoline ``_cc_py_cancel`` (``cc_op_begin_with_cancel``: one crossing).
-That registration is the library's own: the user's ``register_for_cancel``
-is kept in Python, so dispatch's plumbing never takes it (DESIGN 3).  C then
-guarantees the cancel-once state (G1), that ``cc_op_end`` waits for a running
-trampoline (G5) and that no trampoline starts after the end began.
+The core decides every guarantee (G1-G5, G10); this module carries out its
+decisions and decides none of its own.
 
-What Python adds on top is arbitrated by claims: a set of tokens per context
-whose ``remove`` is atomic under the GIL.  ``_REG`` is the one registration
-(G2; taken by the end too, so no registration succeeds after it began),
-``_FIRE`` the one run of the user's cancel callback (G1; taken by the end
-too, so no cancel starts after completion, G5), ``_END`` the one end (G10).  The free-state callback runs in Python right after ``cc_op_end``
-returns, so completing an operation costs no C-to-Python round trip.
+- Every Python operation is begun *watched* (``cc_op_begin_watched``): its
+  host's :class:`Binding` hears of its cancel, in batches, whether or not it
+  has a registration.  The library's own plumbing (dispatch, the adapters)
+  listens there, through ``ctx._add_hook``, so it never takes the
+  operation's one registration (G2).
+- ``register_for_cancel`` is the core's one registration, by key
+  (``cc_op_register_watched``): the core says when to run the user's cancel
+  callback (``CC_NOTICE_RUN_USER``, at most once: G1, inside the call when
+  already canceled: G3) and hands the free-state back from
+  ``cc_op_end_watched`` (G4, after any running cancel: G5), so completing an
+  operation costs no C-to-Python round trip.
+- ``canceled`` and ``cancel_reason`` are plain attributes, written from the
+  core's notice before any callback of the operation runs: reading one costs
+  an attribute load.
+
+Nothing here relies on the GIL: the core's state word decides who runs
+what; the dictionaries only find the Python objects a notice names.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-import time
+import warnings
+import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._cancelcore import ffi, lib
 from ._enums import CancelReason
-from ._errors import raise_status
+from ._errors import InvalidOperationError, OperationCanceledError, raise_status
 
 if TYPE_CHECKING:
     from ._host import ServiceHost
 
 __all__ = [
+    "Binding",
+    "CallbackErrorHook",
     "OperationContext",
     "current_operation",
+    "reraise_interrupts",
     "set_callback_error_hook",
-    "CallbackErrorHook",
 ]
 
 log = logging.getLogger("cancelcore")
 
-_REG, _FIRE, _END = 0, 1, 2
 _REASONS = (CancelReason.HOST_ABORT, CancelReason.CHANNEL_FAULTED)
+_CANCELED = lib.CC_NOTICE_CANCELED
+_RUN_USER = lib.CC_NOTICE_RUN_USER
+_FREE_DUE = lib.CC_NOTICE_FREE_DUE
+_DEFERRED = lib.CC_END_DEFERRED
+_E_INVALID_OPERATION = lib.CC_E_INVALID_OPERATION
+_register = lib.cc_op_register_watched
+_end = lib.cc_op_end_watched
+_unpack = ffi.unpack
+_cast = ffi.cast
+_from_handle = ffi.from_handle
 _get_ident = threading.get_ident
-_sleep = time.sleep
-_op_end = lib.cc_op_end
-_visit_register_faults = lib.cc_op_visit_register_faults
 
 _current: ContextVar[Optional[OperationContext]] = ContextVar(
     "cancelcore_current_operation", default=None
@@ -59,10 +76,10 @@ def current_operation() -> Optional[OperationContext]:
 
 # ------------------------------------------------------------ errors (G13)
 
-CallbackErrorHook = Callable[[BaseException, "OperationContext", str], None]
+CallbackErrorHook = Callable[[BaseException, Optional["OperationContext"], str], None]
 
 
-def _log_error(exc: BaseException, ctx: OperationContext, where: str) -> None:
+def _log_error(exc: BaseException, ctx: Optional[OperationContext], where: str) -> None:
     log.error("exception in %s callback of %r", where, ctx, exc_info=exc)
 
 
@@ -82,20 +99,227 @@ def set_callback_error_hook(hook: Optional[CallbackErrorHook]) -> CallbackErrorH
     return previous
 
 
-def _report(exc: BaseException, ctx: OperationContext, where: str) -> None:
-    lib.cc_host_report_callback_error(ctx._host._ptr)
+# KeyboardInterrupt and SystemExit raised inside callbacks that the core ran
+# (or that ran between them): held per thread until every callback of the
+# call has run, then raised to its caller.
+_interrupts: dict[int, BaseException] = {}
+
+
+def _hold_interrupt(exc: BaseException) -> None:
+    _interrupts.setdefault(_get_ident(), exc)
+
+
+def reraise_interrupts() -> None:
+    """Raises the interrupt a callback run on this thread raised, if any."""
+    exc = _interrupts.pop(_get_ident(), None)
+    if exc is not None:
+        raise exc
+
+
+def _callback_failed(exc: BaseException, b: Binding, ctx: Optional[OperationContext], where: str) -> None:
+    if not isinstance(exc, Exception) and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        _hold_interrupt(exc)
+        return
+    if not b.freed:
+        lib.cc_host_report_callback_error(b.ptr)
     try:
         _hook(exc, ctx, where)
-    except BaseException:  # a failing hook must not break G1-G5 either
-        log.exception("callback error hook failed")
+    except BaseException as hook_exc:  # a failing hook must not break G1-G5 either
+        if isinstance(hook_exc, (KeyboardInterrupt, SystemExit)):
+            _hold_interrupt(hook_exc)
+        else:
+            log.exception("callback error hook failed")
 
 
-def _claim(tokens: set[int], token: int) -> bool:
+def inside_callback_of(b: Binding) -> bool:
+    """True if this thread is running a callback of one of b's operations
+    (a close from there would wait for itself).  Read off the stack, so the
+    hot path sets no marker."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code in _CALLBACK_CODES:
+            owner = frame.f_locals.get("self")
+            if owner is b or getattr(owner, "_b", None) is b:
+                return True
+        frame = frame.f_back
+    return False
+
+
+# ------------------------------------------------------------- bindings
+
+
+class _Ref(weakref.ref):  # type: ignore[type-arg]
+    __slots__ = ("h",)
+    h: int
+
+
+class Binding:
+    """A host's side of the core's binding: what its notices name.
+
+    ``ops`` maps a handle to a weak reference of its context (a context
+    dropped without ``end()`` is collected, and ends itself); ``regs`` maps a
+    registration's key to its callbacks until the core says it is done.  It
+    outlives its ``ServiceHost`` until the core host is freed, since the core
+    calls back with ``handle``."""
+
+    __slots__ = ("ptr", "ops", "regs", "early", "handle", "freed", "inherited",
+                 "closing", "idle", "__weakref__")
+
+    def __init__(self, ptr: Any) -> None:
+        self.ptr = ptr
+        self.ops: dict[int, weakref.ref[OperationContext]] = {}
+        self.regs: dict[int, tuple[Any, ...]] = {}
+        # Cancels that reached an operation before its context was filed.
+        self.early: dict[int, CancelReason] = {}
+        self.handle = ffi.new_handle(self)
+        self.freed = False
+        self.inherited = False  # a forked child's copy: calls back never
+        self.closing = False
+        self.idle = threading.Condition()
+
+    def early_cancel(self, h: int, ctx: OperationContext) -> None:
+        """A cancel reached the operation before its context was filed."""
+        reason = self.early.pop(h, None)
+        if reason is not None:
+            ctx.cancel_reason = reason
+            ctx.canceled = True
+
+    def done(self, h: int) -> None:
+        """An operation has completed, free-state included (G8 waits)."""
+        self.ops.pop(h, None)
+        if self.closing:
+            self.wake()
+
+    def wake(self) -> None:
+        with self.idle:
+            self.idle.notify_all()
+
+    def run_free_state(self, key: int, ctx: Optional[OperationContext]) -> None:
+        reg = self.regs.pop(key, None)
+        if reg is None or reg[1] is None:
+            return
+        try:
+            reg[1](reg[2])
+        except BaseException as exc:  # G13
+            _callback_failed(exc, self, ctx, "free_state")
+
+    def dropped(self, ref: _Ref) -> None:
+        """A context was collected without end(): its operation ends now
+        (a context that ended dropped its reference first, so never gets
+        here)."""
+        h = ref.h
+        if _finalizing or self.inherited or self.freed or h not in self.ops:
+            return
+        warnings.warn(f"an operation of {self!r} was never ended; ending it as its context "
+                      "is collected", ResourceWarning, stacklevel=1)
+        r = _end(h)
+        if r == _DEFERRED or r < 0:
+            return
+        if r:
+            self.run_free_state(r, None)
+        self.done(h)
+
+    # The core's notices: runs on whichever thread canceled or ended.
+    def notices(self, values: list[int]) -> None:
+        ops = self.ops
+        n = len(values)
+        i = 0
+        stage = 0  # how far notice i got, should a signal interrupt it
+        ctx: Optional[OperationContext] = None
+        if True:  # (the frame of this method marks "inside a callback")
+            while i < n:
+                try:
+                    while i < n:
+                        h = values[i]
+                        what = values[i + 2]
+                        if what & 3:  # canceled, or its user's cancel to run
+                            reason = _REASONS[what >> 8]
+                            if stage == 0:
+                                ref = ops.get(h)
+                                ctx = ref() if ref is not None else None
+                                if ctx is not None:
+                                    ctx.cancel_reason = reason
+                                    ctx.canceled = True
+                                elif what & _CANCELED:
+                                    self._early(h, reason)
+                                stage = 1
+                            if stage == 1:
+                                stage = 2
+                                if what & _RUN_USER:
+                                    reg = self.regs.get(values[i + 1])
+                                    if reg is not None:
+                                        try:
+                                            reg[0](reason, reg[2])
+                                        except BaseException as exc:  # G13
+                                            _callback_failed(exc, self, ctx, "cancel")
+                            if stage == 2 and ctx is not None and what & _CANCELED:
+                                stage = 3
+                                hooks = ctx._hooks
+                                if hooks is not None:
+                                    for hook in hooks:
+                                        try:
+                                            hook()
+                                        except Exception:
+                                            log.exception("cancelcore plumbing hook failed")
+                        else:  # a deferred end finished (CC_NOTICE_ENDED)
+                            if stage == 0:
+                                stage = 1
+                                ref = ops.get(h)
+                                ctx = ref() if ref is not None else None
+                                if what & _FREE_DUE or values[i + 1]:
+                                    self.run_free_state(values[i + 1], ctx)
+                            self.done(h)
+                        i += 3
+                        stage = 0
+                        ctx = None
+                except BaseException as exc:  # a signal between the steps above
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        _hold_interrupt(exc)  # resume notice i where it stopped
+                    else:  # pragma: no cover - a bug of ours: skip the notice
+                        log.exception("cancelcore: internal error handling a notice")
+                        i += 3
+                        stage = 0
+
+    def _early(self, h: int, reason: CancelReason) -> None:
+        self.early[h] = reason
+        ref = self.ops.get(h)  # filed meanwhile: it did not see the entry
+        ctx = ref() if ref is not None else None
+        if ctx is not None:
+            self.early.pop(h, None)
+            ctx.cancel_reason = reason
+            ctx.canceled = True
+
+
+def _notices_failed(exc_type: Any, exc: BaseException, tb: Any) -> None:
+    # Only the library's own code can get here (user errors are caught
+    # inside): typically a RecursionError entering the handler on a thread
+    # whose stack is nearly full.  Retry with room to run, so no cancel is
+    # lost (G1/G13); the frame's arguments are in the traceback.
+    while tb is not None and tb.tb_frame.f_code is not _cc_py_notices.__code__:
+        tb = tb.tb_next
+    if tb is None:
+        log.error("cancelcore: notices lost to an internal error", exc_info=exc)
+        return
+    args = tb.tb_frame.f_locals
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 200)
     try:
-        tokens.remove(token)
-    except KeyError:
-        return False
-    return True
+        _cc_py_notices(args["arg"], args["notices"], args["count"])
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+_finalizing = False
+
+
+@ffi.def_extern(onerror=_notices_failed)  # type: ignore[untyped-decorator]
+def _cc_py_notices(arg: Any, notices: Any, count: int) -> None:
+    """The binding function of every host (no lock held, G11)."""
+    b: Binding = _from_handle(arg)
+    if _finalizing or b.inherited:
+        return
+    b.notices(_unpack(_cast("int64_t *", notices), 3 * count))
 
 
 # ------------------------------------------------------------- contexts
@@ -104,43 +328,29 @@ def _claim(tokens: set[int], token: int) -> bool:
 class OperationContext:
     """One in-flight operation.  Begun by ``Channel.begin_operation()`` or by
     ``ServiceHost.dispatch``; valid until ``end()`` (or the end of its
-    ``with`` block), after which every use raises ``InvalidOperationError``.
+    ``with`` block), after which every use raises ``InvalidOperationError``
+    (G10).  A context dropped without ``end()`` is ended when collected, with
+    a ``ResourceWarning``.
 
     ``canceled`` and ``cancel_reason`` are plain attributes, set before any
     cancel callback runs: reading them costs an attribute load.
     """
 
-    __slots__ = (
-        "canceled",
-        "cancel_reason",
-        "_op",
-        "_host",
-        "_handle",
-        "_tokens",
-        "_user",
-        "_hooks",
-        "_firing",
-        "_deferred",
-        "_sync_done",
-        "__weakref__",
-    )
+    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "__weakref__")
 
     canceled: bool
     cancel_reason: Optional[CancelReason]
-    _op: Any
+    _h: int
+    _b: Binding
     _host: ServiceHost
-    _handle: Any
-    _tokens: set[int]
-    _user: Optional[tuple[Callable[[CancelReason, Any], object], Optional[Callable[[Any], object]], Any]]
     _hooks: Optional[list[Callable[[], object]]]
-    _firing: Optional[int]
-    _deferred: bool
-    _sync_done: Optional[threading.Event]
 
     def __init__(self) -> None:
         raise TypeError("operations are begun with Channel.begin_operation()")
 
     def __repr__(self) -> str:
+        if not getattr(self, "_h", 0):
+            return "<OperationContext ended>"
         if self.canceled:
             return f"<OperationContext canceled={self.cancel_reason!r}>"
         return "<OperationContext in flight>"
@@ -162,81 +372,44 @@ class OperationContext:
             raise TypeError("on_cancel must be callable")
         if on_free_state is not None and not callable(on_free_state):
             raise TypeError("on_free_state must be callable or None")
-        tokens = self._tokens
-        if _END not in tokens:
-            raise _invalid("register on an operation that has ended")
-        try:
-            tokens.remove(_REG)
-        except KeyError:
-            if _END not in tokens:
-                raise _invalid("register on an operation that has ended") from None
-            raise _invalid("the operation already has its registration") from None
-        if self._host._faults_armed:
-            # The fault plan's REGISTER point: a channel fault or abort lands
-            # here, before the callbacks are published, so on_cancel runs
-            # below (G3); NOMEM fails the registration, changing nothing.
-            # Callbacks it runs on this thread may end this very operation:
-            # like C, that end is deferred to us, and the registration fails.
-            self._firing = _get_ident()
-            try:
-                status = _visit_register_faults(self._op)
-            finally:
-                self._firing = None
-            if self._deferred:
-                self._finish()
-                raise _invalid("the operation ended during its registration")
-            if status:
-                tokens.add(_REG)
-                raise_status(status, "register_for_cancel")
-        self._user = (on_cancel, on_free_state, state)
-        if self.canceled:
-            # The cancel was delivered before this registration (G3).  An end
-            # on another thread that loses the _FIRE claim to us waits for
-            # this event, so free-state never overlaps the callback (G5).
-            done = self._sync_done = threading.Event()
-            try:
-                if _claim(tokens, _FIRE):
-                    self._run_cancel(on_cancel, state)
-            finally:
-                done.set()
-
-    def _run_cancel(self, on_cancel: Callable[[CancelReason, Any], object], state: Any) -> None:
-        """Runs the user's cancel callback; only the holder of _FIRE calls
-        this, so only it can owe the finish of an end deferred from inside
-        the callback."""
-        reason = self.cancel_reason
-        assert reason is not None
-        next(self._host._cancel_callbacks)
-        self._firing = _get_ident()
-        try:
-            on_cancel(reason, state)
-        except BaseException as exc:  # G13: never escapes into the library
-            _report(exc, self, "cancel")
-        finally:
-            self._firing = None
-        if self._deferred:
-            self._finish()
-
-    def _add_hook(self, hook: Callable[[], object]) -> None:
-        """Library plumbing: ``hook()`` runs when the operation is canceled
-        (at once if it already was).  Hooks must be idempotent and quick."""
-        if self._hooks is None:
-            self._hooks = [hook]
-        else:
-            self._hooks.append(hook)
-        if self.canceled:
-            hook()
+        h = self._h
+        if not h:
+            raise InvalidOperationError("register on an operation that has ended")
+        reg = (on_cancel, on_free_state, state)
+        key = id(reg)  # unique while filed: the core names it back
+        regs = self._b.regs
+        regs[key] = reg
+        status = _register(h, key, on_free_state is not None)
+        if status:
+            del regs[key]
+            reraise_interrupts()
+            if status == _E_INVALID_OPERATION:
+                raise InvalidOperationError(
+                    "the operation already has its registration, or has ended"
+                )
+            raise_status(status, "register_for_cancel")
+        if _interrupts:
+            reraise_interrupts()
 
     def raise_if_canceled(self) -> None:
         """Raises ``OperationCanceledError`` (with ``.reason``) if the
         operation has been canceled; returns ``None`` otherwise.  The check
         a handler makes between steps (after registering, before a query)."""
         if self.canceled:
-            from ._errors import OperationCanceledError
-
             reason = self.cancel_reason
             assert reason is not None
             raise OperationCanceledError(reason)
+
+    def _add_hook(self, hook: Callable[[], object]) -> None:
+        """Library plumbing: ``hook()`` runs when the operation is canceled,
+        on the thread that canceled it (at once if it already was).  Hooks
+        must be quick and idempotent: a race may run one twice."""
+        if self._hooks is None:
+            self._hooks = [hook]
+        else:
+            self._hooks.append(hook)
+        if self.canceled:
+            hook()
 
     # ------------------------------------------------------------------ end
 
@@ -245,147 +418,77 @@ class OperationContext:
         starts after this; a running one is waited for; then free-state
         runs.  Called from inside its own cancel callback it returns at
         once and free-state runs when that callback returns."""
-        tokens = self._tokens
-        try:
-            tokens.remove(_END)
-        except KeyError:
-            raise _invalid("the operation has already ended") from None
-        firing = self._firing
-        if firing is not None and firing == _get_ident():
-            # Inside our own cancel callback (or registration): C defers its
-            # end likewise, and the frame below us finishes the operation.
-            self._deferred = True
-            tokens.discard(_REG)
-            _op_end(self._op)
-            return
-        try:
-            tokens.remove(_REG)  # no registration can succeed from here on
-        except KeyError:
-            # One claimed it first: wait the few bytecodes until it has
-            # published its callbacks (or given the claim back), so
-            # free-state is not missed (G4).
-            while self._user is None:
-                try:
-                    tokens.remove(_REG)
-                    break
-                except KeyError:
-                    _sleep(0)
-        # C first: from here no trampoline starts, a running one is waited
-        # for, and a cancel injected by the fault plan at END runs inside.
-        _op_end(self._op)
-        try:
-            tokens.remove(_FIRE)  # from here on no user cancel starts (G5)
-        except KeyError:
-            done = self._sync_done
-            if done is not None:
-                done.wait()  # a run inside register (G3) is waited for too
-        self._finish()
-
-    def _finish(self) -> None:
-        host = self._host
-        user = self._user
-        self._handle = None
+        h = self._h
+        if not h:
+            raise InvalidOperationError("the operation has already ended")
+        self._h = 0
+        r = _end(h)
+        if r < 0:
+            if r == _E_INVALID_OPERATION:
+                raise InvalidOperationError("the operation has already ended")
+            raise_status(r, "end")
         self.__class__ = _EndedOperationContext
-        if user is not None and user[1] is not None:
-            next(host._free_states)
-            self._firing = _get_ident()  # close() from in here is refused
-            try:
-                user[1](user[2])
-            except BaseException as exc:  # G13
-                _report(exc, self, "free_state")
-            finally:
-                self._firing = None
-        # Only now has the operation completed: close() waits for this (G8).
-        host._live.discard(self)
-        if host._closing:
-            host._notify_idle()
+        if r != _DEFERRED:  # else the core finishes it and tells the binding
+            b = self._b
+            if r:
+                reg = b.regs.pop(r, None)
+                if reg is not None and reg[1] is not None:
+                    try:
+                        reg[1](reg[2])
+                    except BaseException as exc:  # G13
+                        _callback_failed(exc, b, self, "free_state")
+            b.ops.pop(h, None)
+            if b.closing:
+                b.wake()
+        if _interrupts:
+            reraise_interrupts()
 
     def __enter__(self) -> OperationContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if _END in self._tokens:
+        if self._h:
             self.end()
 
 
-def _invalid(message: str) -> Exception:
-    from ._errors import InvalidOperationError
-
-    return InvalidOperationError(message)
-
-
 class _EndedOperationContext(OperationContext):
-    """What a context becomes once ended: every use is an error (G10).  The
-    class swap keeps ``canceled`` a plain attribute while in flight."""
+    """What a context becomes once ended: every read is an error (G10).
+    The class swap keeps ``canceled`` a plain attribute while in flight."""
 
     __slots__ = ()
 
-    def __repr__(self) -> str:
-        return "<OperationContext ended>"
-
     @property
     def canceled(self) -> bool:  # type: ignore[override]
-        raise _invalid("the operation has ended")
+        raise InvalidOperationError("the operation has ended")
 
     @property
     def cancel_reason(self) -> Optional[CancelReason]:  # type: ignore[override]
-        raise _invalid("the operation has ended")
+        raise InvalidOperationError("the operation has ended")
 
-    def register_for_cancel(self, *args: Any, **kwargs: Any) -> None:
-        raise _invalid("register on an operation that has ended")
 
-    def end(self) -> None:
-        raise _invalid("the operation has already ended")
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
-
+# The frames user callbacks run under (see inside_callback_of).
+_CALLBACK_CODES = (
+    Binding.notices.__code__,
+    Binding.run_free_state.__code__,
+    Binding.dropped.__code__,
+    OperationContext.end.__code__,
+)
 
 _new_context = object.__new__
 
 
-def new_context(host: ServiceHost) -> OperationContext:
-    """A context for an operation about to begin (see Channel)."""
+def new_context(b: Binding, host: ServiceHost, h: int) -> OperationContext:
+    """The context of an operation just begun (see Channel)."""
     ctx: OperationContext = _new_context(OperationContext)
     ctx.canceled = False
     ctx.cancel_reason = None
+    ctx._h = h
+    ctx._b = b
     ctx._host = host
-    ctx._tokens = {_REG, _FIRE, _END}
-    ctx._user = ctx._hooks = ctx._firing = ctx._sync_done = None
-    ctx._deferred = False
-    ctx._handle = _new_handle(ctx)
+    ctx._hooks = None
+    ref = _Ref(ctx, b.dropped)
+    ref.h = h
+    b.ops[h] = ref
+    if b.early:
+        b.early_cancel(h, ctx)
     return ctx
-
-
-_new_handle = ffi.new_handle
-
-
-# ------------------------------------------------------------ trampoline
-
-_finalizing = False
-
-
-def _trampoline_error(exc_type: Any, exc: BaseException, tb: Any) -> None:
-    # Only the library's own code can get here; user errors are caught below.
-    log.error("internal error in cancel trampoline", exc_info=exc)
-
-
-@ffi.def_extern(onerror=_trampoline_error)  # type: ignore[untyped-decorator]
-def _cc_py_cancel(reason: int, handle: Any) -> None:
-    """C's cancel callback for every Python operation (no lock held, G11).
-    C runs it at most once per operation, and never after the end began."""
-    if _finalizing:
-        return
-    ctx: OperationContext = ffi.from_handle(handle)
-    ctx.cancel_reason = _REASONS[reason]
-    ctx.canceled = True
-    user = ctx._user
-    if user is not None and _claim(ctx._tokens, _FIRE):
-        ctx._run_cancel(user[0], user[2])
-    hooks = ctx._hooks
-    if hooks is not None:
-        for hook in hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("cancelcore plumbing hook failed")
