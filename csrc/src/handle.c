@@ -6,11 +6,6 @@
  * value: the index finds the slot, the generation tells whether the slot
  * still holds that operation (G10).
  */
-#include <stdlib.h>
-#if defined(__unix__) || defined(__APPLE__)
-#  include <sys/mman.h>
-#endif
-
 #include "internal.h"
 
 #if UINTPTR_MAX > 0xffffffffu
@@ -18,29 +13,16 @@ _Static_assert(sizeof(cc_slot) == 64, "a slot is one cache line");
 #endif
 
 cc_slot *_Atomic cc_slot_dir[CC_DIR_SIZE];
-static pthread_mutex_t g_pool_mutex = PTHREAD_MUTEX_INITIALIZER;
 static cc_slot *g_free;       /* linked by ->next */
 static unsigned g_nfree;
 static uint32_t g_nslots;     /* slots in published chunks */
-
-/* Page-granular memory for a chunk: malloc would add a header page to every
- * 256 KiB chunk, and slots must stay cache-line aligned. */
-static cc_slot *chunk_alloc(size_t bytes)
-{
-#if defined(__unix__) || defined(__APPLE__)
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-#else
-    return aligned_alloc(64, bytes);
-#endif
-}
 
 /* Publishes one more chunk of free slots.  Pool lock held. */
 static bool grow(void)
 {
     if (g_nslots >= CC_MAX_SLOTS)
         return false;
-    cc_slot *chunk = chunk_alloc(CC_CHUNK_SLOTS * sizeof(cc_slot));
+    cc_slot *chunk = cc_pages_alloc(CC_CHUNK_SLOTS * sizeof(cc_slot));
     if (!chunk)
         return false;
     for (uint32_t i = 0; i < CC_CHUNK_SLOTS; i++) {
@@ -59,9 +41,9 @@ static bool grow(void)
 
 unsigned cc_pool_take(cc_slot **head, unsigned n)
 {
-    pthread_mutex_lock(&g_pool_mutex);
+    cc_pool_lock();
     if (g_nfree < n && !grow() && g_nfree == 0) {
-        pthread_mutex_unlock(&g_pool_mutex);
+        cc_pool_unlock();
         return 0;
     }
     if (n > g_nfree)
@@ -71,7 +53,7 @@ unsigned cc_pool_take(cc_slot **head, unsigned n)
         last = last->next;
     g_free = last->next;
     g_nfree -= n;
-    pthread_mutex_unlock(&g_pool_mutex);
+    cc_pool_unlock();
     last->next = *head;
     *head = first;
     return n;
@@ -81,9 +63,9 @@ void cc_pool_give(cc_slot *head, cc_slot *tail, unsigned n)
 {
     if (n == 0)
         return;
-    pthread_mutex_lock(&g_pool_mutex);
+    cc_pool_lock();
     tail->next = g_free;
     g_free = head;
     g_nfree += n;
-    pthread_mutex_unlock(&g_pool_mutex);
+    cc_pool_unlock();
 }
