@@ -13,7 +13,8 @@
 
 /* ------------------------------------------------------------- frames */
 
-static _Thread_local cc_frame *tls_frames;
+/* The frames are a list per thread, headed in the sync layer's one
+ * thread-local slot (a TLS index on Win32, _Thread_local elsewhere). */
 
 void cc_frame_push(cc_frame *frame, const cc_slot *slot, const cc_host *host)
 {
@@ -21,15 +22,15 @@ void cc_frame_push(cc_frame *frame, const cc_slot *slot, const cc_host *host)
     frame->batch = NULL;
     frame->nbatch = 0;
     frame->host = host;
-    frame->prev = tls_frames;
-    tls_frames = frame;
+    frame->prev = cc_tls_get();
+    cc_tls_set(frame);
 }
 
-void cc_frame_pop(cc_frame *frame) { tls_frames = frame->prev; }
+void cc_frame_pop(cc_frame *frame) { cc_tls_set(frame->prev); }
 
 bool cc_in_callback(const cc_slot *slot, const cc_host *host)
 {
-    for (const cc_frame *f = tls_frames; f; f = f->prev) {
+    for (const cc_frame *f = cc_tls_get(); f; f = f->prev) {
         if (!slot) {
             if (f->host == host)
                 return true;
