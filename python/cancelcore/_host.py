@@ -20,8 +20,10 @@ from ._operation import (
     Binding,
     OperationContext,
     _current,
+    _interrupts,
+    _new_context,
+    _Ref,
     inside_callback_of,
-    new_context,
     reraise_interrupts,
 )
 
@@ -463,8 +465,22 @@ class Channel:
             if self._closed:
                 raise InvalidOperationError("begin an operation: the channel is closed")
             raise_status(h, "begin an operation")
-        ctx = new_context(self._b, self._host, h)
-        if _operation._interrupts:
+        # The context, filed where the core's notices will look for it (a
+        # weak reference: one dropped without end() ends itself).
+        ctx: OperationContext = _new_context(OperationContext)
+        ctx.canceled = False
+        ctx.cancel_reason = None
+        ctx._h = h
+        ctx._b = b = self._b
+        ctx._host = self._host
+        ctx._hooks = None
+        ctx._ref = ref = _Ref(ctx, b.dropped)
+        ref.h = h
+        ref.regs = []
+        b.ops[h] = ref
+        if b.early:  # canceled before it was filed
+            b.early_cancel(h, ctx)
+        if _interrupts:
             reraise_interrupts()
         return ctx
 

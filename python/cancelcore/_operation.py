@@ -150,26 +150,37 @@ def inside_callback_of(b: Binding) -> bool:
 
 
 class _Ref(weakref.ref):  # type: ignore[type-arg]
-    __slots__ = ("h",)
+    """How a binding files an operation: a weak reference to its context,
+    with its handle and the registrations tried on it (``regs``), which
+    outlive a context dropped without ``end()``."""
+
+    __slots__ = ("h", "regs")
     h: int
+    regs: list[tuple[Any, ...]]
+
+
+def _find(regs: list[tuple[Any, ...]], key: int) -> Optional[tuple[Any, ...]]:
+    """The registration the core names by key (its id: unique while filed)."""
+    for reg in regs:
+        if id(reg) == key:
+            return reg
+    return None
 
 
 class Binding:
     """A host's side of the core's binding: what its notices name.
 
     ``ops`` maps a handle to a weak reference of its context (a context
-    dropped without ``end()`` is collected, and ends itself); ``regs`` maps a
-    registration's key to its callbacks until the core says it is done.  It
+    dropped without ``end()`` is collected, and ends itself).  It
     outlives its ``ServiceHost`` until the core host is freed, since the core
     calls back with ``handle``."""
 
-    __slots__ = ("ptr", "ops", "regs", "early", "handle", "freed", "inherited",
+    __slots__ = ("ptr", "ops", "early", "handle", "freed", "inherited",
                  "closing", "idle", "__weakref__")
 
     def __init__(self, ptr: Any) -> None:
         self.ptr = ptr
-        self.ops: dict[int, weakref.ref[OperationContext]] = {}
-        self.regs: dict[int, tuple[Any, ...]] = {}
+        self.ops: dict[int, _Ref] = {}
         # Cancels that reached an operation before its context was filed.
         self.early: dict[int, CancelReason] = {}
         self.handle = ffi.new_handle(self)
@@ -195,8 +206,8 @@ class Binding:
         with self.idle:
             self.idle.notify_all()
 
-    def run_free_state(self, key: int, ctx: Optional[OperationContext]) -> None:
-        reg = self.regs.pop(key, None)
+    def run_free_state(self, ref: Optional[_Ref], key: int, ctx: Optional[OperationContext]) -> None:
+        reg = _find(ref.regs, key) if ref is not None else None
         if reg is None or reg[1] is None:
             return
         try:
@@ -217,12 +228,13 @@ class Binding:
         if r == _DEFERRED or r < 0:
             return
         if r:
-            self.run_free_state(r, None)
+            self.run_free_state(ref, r, None)
         self.done(h)
 
     # The core's notices: runs on whichever thread canceled or ended.
     def notices(self, values: list[int]) -> None:
         ops = self.ops
+        ref: Optional[_Ref] = None
         n = len(values)
         i = 0
         stage = 0  # how far notice i got, should a signal interrupt it
@@ -247,8 +259,10 @@ class Binding:
                                 stage = 1
                             if stage == 1:
                                 stage = 2
-                                if what & _RUN_USER:
-                                    reg = self.regs.get(values[i + 1])
+                                if what & _RUN_USER and ref is not None:
+                                    regs = ref.regs
+                                    key = values[i + 1]
+                                    reg = regs[0] if regs and id(regs[0]) == key else _find(regs, key)
                                     if reg is not None:
                                         try:
                                             reg[0](reason, reg[2])
@@ -268,8 +282,8 @@ class Binding:
                                 stage = 1
                                 ref = ops.get(h)
                                 ctx = ref() if ref is not None else None
-                                if what & _FREE_DUE or values[i + 1]:
-                                    self.run_free_state(values[i + 1], ctx)
+                                if values[i + 1]:
+                                    self.run_free_state(ref, values[i + 1], ctx)
                             self.done(h)
                         i += 3
                         stage = 0
@@ -341,7 +355,7 @@ class OperationContext:
     cancel callback runs: reading them costs an attribute load.
     """
 
-    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "__weakref__")
+    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "_ref", "__weakref__")
 
     canceled: bool
     cancel_reason: Optional[CancelReason]
@@ -349,6 +363,7 @@ class OperationContext:
     _b: Binding
     _host: ServiceHost
     _hooks: Optional[list[Callable[[], object]]]
+    _ref: _Ref
 
     def __init__(self) -> None:
         raise TypeError("operations are begun with Channel.begin_operation()")
@@ -381,12 +396,11 @@ class OperationContext:
         if not h:
             raise InvalidOperationError("register on an operation that has ended")
         reg = (on_cancel, on_free_state, state)
-        key = id(reg)  # unique while filed: the core names it back
-        regs = self._b.regs
-        regs[key] = reg
-        status = _register(h, key, on_free_state is not None)
+        # Filed before the core decides (it may run it at once, on any
+        # thread); a refused one stays filed, unused, until the end.
+        self._ref.regs.append(reg)
+        status = _register(h, id(reg), on_free_state is not None)
         if status:
-            del regs[key]
             reraise_interrupts()
             if status == _E_INVALID_OPERATION:
                 raise InvalidOperationError(
@@ -436,7 +450,8 @@ class OperationContext:
         if r != _DEFERRED:  # else the core finishes it and tells the binding
             b = self._b
             if r:
-                reg = b.regs.pop(r, None)
+                regs = self._ref.regs
+                reg = regs[0] if id(regs[0]) == r else _find(regs, r)
                 if reg is not None and reg[1] is not None:
                     try:
                         reg[1](reg[2])
@@ -480,20 +495,3 @@ _CALLBACK_CODES = (
 )
 
 _new_context = object.__new__
-
-
-def new_context(b: Binding, host: ServiceHost, h: int) -> OperationContext:
-    """The context of an operation just begun (see Channel)."""
-    ctx: OperationContext = _new_context(OperationContext)
-    ctx.canceled = False
-    ctx.cancel_reason = None
-    ctx._h = h
-    ctx._b = b
-    ctx._host = host
-    ctx._hooks = None
-    ref = _Ref(ctx, b.dropped)
-    ref.h = h
-    b.ops[h] = ref
-    if b.early:
-        b.early_cancel(h, ctx)
-    return ctx
