@@ -364,7 +364,7 @@ class TestG5CancelHappensBeforeFree:
         paused, resume = threading.Event(), threading.Event()
 
         def tracer(frame: Any, event: str, arg: Any) -> Any:
-            if event == "line" and not paused.is_set() and ctx.__class__.__name__ == "OperationContext":
+            if event == "line" and not paused.is_set() and ctx.__class__.__name__ != "_EndedOperationContext":
                 if ctx.canceled and rec.n_cancel == 0:
                     paused.set()
                     resume.wait(0.5)

@@ -340,6 +340,8 @@ def test_register_races_abort() -> None:
         def abort() -> None:
             idents["abort"] = threading.get_ident()
             barrier.wait()
+            if i % 3 == 1:  # vary who gets there first, so both orders occur
+                time.sleep(0.0003)
             host.abort()
 
         ts = [threading.Thread(target=register), threading.Thread(target=abort)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import math
 import os
 import threading
@@ -21,8 +22,8 @@ from ._operation import (
     OperationContext,
     _current,
     _interrupts,
+    _LiveOperationContext,
     _new_context,
-    _Ref,
     inside_callback_of,
     reraise_interrupts,
 )
@@ -33,6 +34,7 @@ T = TypeVar("T")
 _begin = lib.cc_op_begin_watched
 _binding_fn = ffi.addressof(lib, "cc_py_binding")
 _NULL = ffi.NULL
+_weakref = weakref.ref
 _MAX_MS = 2**62  # beyond any clock: the core waits without a deadline
 
 
@@ -170,7 +172,10 @@ class ServiceHost:
                 done.set()
 
         threading.Thread(target=closer, name="cancelcore-close", daemon=True).start()
-        done.wait()
+        while not done.wait(1.0):
+            # A context dropped inside a reference cycle ends when the cycle
+            # is collected: do not wait for the next automatic collection.
+            gc.collect()
         status = result[0]
         if status == lib.CC_E_TIMEOUT or status == lib.CC_E_OPERATION_ABORTED:
             graceful = False
@@ -467,17 +472,14 @@ class Channel:
             raise_status(h, "begin an operation")
         # The context, filed where the core's notices will look for it (a
         # weak reference: one dropped without end() ends itself).
-        ctx: OperationContext = _new_context(OperationContext)
+        ctx: OperationContext = _new_context(_LiveOperationContext)
         ctx.canceled = False
         ctx.cancel_reason = None
         ctx._h = h
         ctx._b = b = self._b
         ctx._host = self._host
-        ctx._hooks = None
-        ctx._ref = ref = _Ref(ctx, b.dropped)
-        ref.h = h
-        ref.regs = []
-        b.ops[h] = ref
+        ctx._hooks = ctx._reg = None
+        b.ops[h] = _weakref(ctx)
         if b.early:  # canceled before it was filed
             b.early_cancel(h, ctx)
         if _interrupts:

@@ -148,41 +148,43 @@ def inside_callback_of(b: Binding) -> bool:
 
 # ------------------------------------------------------------- bindings
 
+Registration = tuple[Any, ...]  # (on_cancel, on_free_state, state)
 
-class _Ref(weakref.ref):  # type: ignore[type-arg]
-    """How a binding files an operation: a weak reference to its context,
-    with its handle and the registrations tried on it (``regs``), which
-    outlive a context dropped without ``end()``."""
-
-    __slots__ = ("h", "regs")
-    h: int
-    regs: list[tuple[Any, ...]]
+# Registrations the core may name before their context files them: between
+# the core arming one and register_for_cancel storing it on the context.
+_arming: dict[int, Registration] = {}
 
 
-def _find(regs: list[tuple[Any, ...]], key: int) -> Optional[tuple[Any, ...]]:
-    """The registration the core names by key (its id: unique while filed)."""
-    for reg in regs:
-        if id(reg) == key:
-            return reg
-    return None
+def _registration(ctx: Optional[OperationContext], key: int) -> Optional[Registration]:
+    """The registration the core names by key (its id: unique while alive).
+    The table is read first: its entry goes only after the context has it."""
+    reg = _arming.get(key)
+    if reg is None and ctx is not None:
+        reg = ctx._reg
+        if reg is not None and id(reg) != key:
+            reg = None
+    return reg
 
 
 class Binding:
     """A host's side of the core's binding: what its notices name.
 
-    ``ops`` maps a handle to a weak reference of its context (a context
-    dropped without ``end()`` is collected, and ends itself).  It
-    outlives its ``ServiceHost`` until the core host is freed, since the core
-    calls back with ``handle``."""
+    ``ops`` maps a handle to a weak reference of its context, so a context
+    dropped without ``end()`` is collected (and ends itself).  It outlives
+    its ``ServiceHost`` until the core host is freed, since the core calls
+    back with ``handle``."""
 
-    __slots__ = ("ptr", "ops", "early", "handle", "freed", "inherited",
+    __slots__ = ("ptr", "ops", "early", "deferred", "handle", "freed", "inherited",
                  "closing", "idle", "__weakref__")
 
     def __init__(self, ptr: Any) -> None:
         self.ptr = ptr
-        self.ops: dict[int, _Ref] = {}
+        self.ops: dict[int, weakref.ref[OperationContext]] = {}
         # Cancels that reached an operation before its context was filed.
         self.early: dict[int, CancelReason] = {}
+        # Contexts whose end the core finishes later (CC_END_DEFERRED): kept
+        # until then, since their registration is on them.
+        self.deferred: dict[int, OperationContext] = {}
         self.handle = ffi.new_handle(self)
         self.freed = False
         self.inherited = False  # a forked child's copy: calls back never
@@ -206,8 +208,7 @@ class Binding:
         with self.idle:
             self.idle.notify_all()
 
-    def run_free_state(self, ref: Optional[_Ref], key: int, ctx: Optional[OperationContext]) -> None:
-        reg = _find(ref.regs, key) if ref is not None else None
+    def run_free_state(self, reg: Optional[Registration], ctx: Optional[OperationContext]) -> None:
         if reg is None or reg[1] is None:
             return
         try:
@@ -215,90 +216,72 @@ class Binding:
         except BaseException as exc:  # G13
             _callback_failed(exc, self, ctx, "free_state")
 
-    def dropped(self, ref: _Ref) -> None:
-        """A context was collected without end(): its operation ends now
-        (a context that ended dropped its reference first, so never gets
-        here)."""
-        h = ref.h
-        if _finalizing or self.inherited or self.freed or h not in self.ops:
-            return
-        warnings.warn(f"an operation of {self!r} was never ended; ending it as its context "
-                      "is collected", ResourceWarning, stacklevel=1)
-        r = _end(h)
-        if r == _DEFERRED or r < 0:
-            return
-        if r:
-            self.run_free_state(ref, r, None)
-        self.done(h)
-
     # The core's notices: runs on whichever thread canceled or ended.
     def notices(self, values: list[int]) -> None:
         ops = self.ops
-        ref: Optional[_Ref] = None
         n = len(values)
         i = 0
         stage = 0  # how far notice i got, should a signal interrupt it
         ctx: Optional[OperationContext] = None
         raised = 0  # the recursion limit, while raised for room
-        if True:  # (the frame of this method marks "inside a callback")
-            while i < n:
-                try:
-                    while i < n:
-                        h = values[i]
-                        what = values[i + 2]
-                        if what & 3:  # canceled, or its user's cancel to run
-                            reason = _REASONS[what >> 8]
-                            if stage == 0:
-                                ref = ops.get(h)
-                                ctx = ref() if ref is not None else None
-                                if ctx is not None:
-                                    ctx.cancel_reason = reason
-                                    ctx.canceled = True
-                                elif what & _CANCELED:
-                                    self._early(h, reason)
-                                stage = 1
-                            if stage == 1:
-                                stage = 2
-                                if what & _RUN_USER and ref is not None:
-                                    regs = ref.regs
-                                    key = values[i + 1]
-                                    reg = regs[0] if regs and id(regs[0]) == key else _find(regs, key)
-                                    if reg is not None:
-                                        try:
-                                            reg[0](reason, reg[2])
-                                        except BaseException as exc:  # G13
-                                            _callback_failed(exc, self, ctx, "cancel")
-                            if stage == 2 and ctx is not None and what & _CANCELED:
-                                stage = 3
-                                hooks = ctx._hooks
-                                if hooks is not None:
-                                    for hook in hooks:
-                                        try:
-                                            hook()
-                                        except Exception:
-                                            log.exception("cancelcore plumbing hook failed")
-                        else:  # a deferred end finished (CC_NOTICE_ENDED)
-                            if stage == 0:
-                                stage = 1
-                                ref = ops.get(h)
-                                ctx = ref() if ref is not None else None
-                                if values[i + 1]:
-                                    self.run_free_state(ref, values[i + 1], ctx)
-                            self.done(h)
-                        i += 3
-                        stage = 0
-                        ctx = None
-                except BaseException as exc:  # between the steps above
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        _hold_interrupt(exc)  # a signal: resume notice i where it stopped
-                    elif isinstance(exc, RecursionError) and not raised:
-                        # Called back on a nearly full stack: room to finish.
-                        raised = sys.getrecursionlimit()
-                        sys.setrecursionlimit(raised + 200)
-                    else:  # pragma: no cover - a bug of ours: skip the notice
-                        log.exception("cancelcore: internal error handling a notice")
-                        i += 3
-                        stage = 0
+        while i < n:
+            try:
+                while i < n:
+                    h = values[i]
+                    what = values[i + 2]
+                    if what & 3:  # canceled, or its user's cancel to run
+                        reason = _REASONS[what >> 8]
+                        if stage == 0:
+                            ref = ops.get(h)
+                            ctx = ref() if ref is not None else None
+                            if ctx is not None:
+                                ctx.cancel_reason = reason
+                                ctx.canceled = True
+                            elif what & _CANCELED:
+                                self._early(h, reason)
+                            stage = 1
+                        if stage == 1:
+                            stage = 2
+                            if what & _RUN_USER:
+                                key = values[i + 1]
+                                reg = _arming.get(key)
+                                if reg is None and ctx is not None:
+                                    reg = ctx._reg
+                                if reg is not None and id(reg) == key:
+                                    try:
+                                        reg[0](reason, reg[2])
+                                    except BaseException as exc:  # G13
+                                        _callback_failed(exc, self, ctx, "cancel")
+                        if stage == 2 and ctx is not None and what & _CANCELED:
+                            stage = 3
+                            hooks = ctx._hooks
+                            if hooks is not None:
+                                for hook in hooks:
+                                    try:
+                                        hook()
+                                    except Exception:
+                                        log.exception("cancelcore plumbing hook failed")
+                    else:  # a deferred end finished (CC_NOTICE_ENDED)
+                        if stage == 0:
+                            stage = 1
+                            ctx = self.deferred.pop(h, None)
+                            if values[i + 1]:
+                                self.run_free_state(_registration(ctx, values[i + 1]), ctx)
+                        self.done(h)
+                    i += 3
+                    stage = 0
+                    ctx = None
+            except BaseException as exc:  # between the steps above
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    _hold_interrupt(exc)  # a signal: resume notice i where it stopped
+                elif isinstance(exc, RecursionError) and not raised:
+                    # Called back on a nearly full stack: room to finish.
+                    raised = sys.getrecursionlimit()
+                    sys.setrecursionlimit(raised + 200)
+                else:  # pragma: no cover - a bug of ours: skip the notice
+                    log.exception("cancelcore: internal error handling a notice")
+                    i += 3
+                    stage = 0
         if raised:
             _restore_recursion_limit(raised)
 
@@ -355,7 +338,7 @@ class OperationContext:
     cancel callback runs: reading them costs an attribute load.
     """
 
-    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "_ref", "__weakref__")
+    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "_reg", "__weakref__")
 
     canceled: bool
     cancel_reason: Optional[CancelReason]
@@ -363,7 +346,7 @@ class OperationContext:
     _b: Binding
     _host: ServiceHost
     _hooks: Optional[list[Callable[[], object]]]
-    _ref: _Ref
+    _reg: Optional[Registration]
 
     def __init__(self) -> None:
         raise TypeError("operations are begun with Channel.begin_operation()")
@@ -396,10 +379,16 @@ class OperationContext:
         if not h:
             raise InvalidOperationError("register on an operation that has ended")
         reg = (on_cancel, on_free_state, state)
-        # Filed before the core decides (it may run it at once, on any
-        # thread); a refused one stays filed, unused, until the end.
-        self._ref.regs.append(reg)
-        status = _register(h, id(reg), on_free_state is not None)
+        key = id(reg)
+        # The core may name it (on any thread) as soon as it arms it: it is
+        # in the table until this context has it.
+        _arming[key] = reg
+        try:
+            status = _register(h, key, on_free_state is not None)
+            if not status:
+                self._reg = reg
+        finally:
+            del _arming[key]
         if status:
             reraise_interrupts()
             if status == _E_INVALID_OPERATION:
@@ -441,17 +430,20 @@ class OperationContext:
         if not h:
             raise InvalidOperationError("the operation has already ended")
         self._h = 0
+        b = self._b
         r = _end(h)
         if r < 0:
             if r == _E_INVALID_OPERATION:
                 raise InvalidOperationError("the operation has already ended")
             raise_status(r, "end")
         self.__class__ = _EndedOperationContext
-        if r != _DEFERRED:  # else the core finishes it and tells the binding
-            b = self._b
+        if r == _DEFERRED:
+            b.deferred[h] = self  # the core finishes it, then tells the binding
+        else:
             if r:
-                regs = self._ref.regs
-                reg = regs[0] if id(regs[0]) == r else _find(regs, r)
+                reg = self._reg
+                if reg is None or id(reg) != r:
+                    reg = _registration(self, r)
                 if reg is not None and reg[1] is not None:
                     try:
                         reg[1](reg[2])
@@ -469,6 +461,24 @@ class OperationContext:
     def __exit__(self, *exc_info: object) -> None:
         if self._h:
             self.end()
+
+
+class _LiveOperationContext(OperationContext):
+    """What a context is while in flight: if it is collected without end(),
+    its operation ends then.  (Ended contexts change class, so they pay for
+    no finalizer.)"""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        b = self._b
+        if self._h and not _finalizing and not b.inherited and not b.freed:
+            warnings.warn(f"{self!r} was dropped without end(); ending it now",
+                          ResourceWarning, stacklevel=1)
+            try:
+                self.end()
+            except Exception:  # pragma: no cover - ended meanwhile
+                pass
 
 
 class _EndedOperationContext(OperationContext):
@@ -490,7 +500,6 @@ class _EndedOperationContext(OperationContext):
 _CALLBACK_CODES = (
     Binding.notices.__code__,
     Binding.run_free_state.__code__,
-    Binding.dropped.__code__,
     OperationContext.end.__code__,
 )
 
