@@ -16,7 +16,7 @@ TSAN_SCALE ?= 0.5
 
 .PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py bench-asgi demo demo-c clean
 
-test: test-c test-py
+test: test-c test-py fuzz
 
 # A fresh virtual environment with the wheel built and installed from this
 # tree (not an editable install: the test runs what users get).
@@ -73,3 +73,28 @@ demo-c:
 
 clean:
 	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------- fuzzing
+# The API-sequence fuzzer (tests/fuzz/README.md) for FUZZ_SECONDS; fails on a
+# contract violation, a sanitizer report, a hang or a crash.  libFuzzer needs
+# clang and its runtime: installed from Debian's packages when missing.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang-14
+FUZZ_PKGS    ?= clang-14 libclang-rt-14-dev
+FUZZ_FLAGS   ?=
+
+.PHONY: fuzz fuzz-build
+fuzz-build:
+	@if ! command -v $(FUZZ_CC) >/dev/null \
+	    || ! test -e "$$($(FUZZ_CC) -print-file-name=libclang_rt.fuzzer-$$(uname -m).a)"; then \
+	  apt-get update -q && apt-get install -y -q $(FUZZ_PKGS); \
+	fi
+	CC=$(FUZZ_CC) $(CMAKE) -S . -B $(BUILD)/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCC_BUILD_FUZZ=ON -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF -DCC_BUILD_EXAMPLES=OFF
+	$(CMAKE) --build $(BUILD)/fuzz -j $(JOBS) --target cc_fuzz
+
+fuzz: fuzz-build
+	mkdir -p $(BUILD)/fuzz/corpus
+	$(BUILD)/fuzz/cc_fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+	  -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ $(FUZZ_FLAGS) \
+	  $(BUILD)/fuzz/corpus tests/fuzz/corpus

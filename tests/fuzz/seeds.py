@@ -78,6 +78,12 @@ SEEDS = {
                                            REGISTER, 0, *reg(FREE_FN, a0=(ABORT_HOST, 1), a1=(CLOSE_HOST, 1)),
                                            ABORT, 0, END, 0, STATS, 1, SET_TIMEOUT, 0, 3,
                                            CLOSE, 0, 3, FREE, 1, REPORT, 0],
+    # a registration's fault (REGISTER point) runs another op's callback, which
+    # ends the registering op: the end is deferred, the registration fails
+    "end_during_registration": host_up() + [CH_OPEN, 0, 0, BEGIN, 0, BEGIN, 0,
+                                            REGISTER, 0, *reg(FREE_FN, a0=(END_OTHER, 1))] +
+                               fault_add(0, 1, 0, 1, 0) +
+                               [REGISTER, 1, *reg(FREE_FN), READ, 1, END, 0, STATS, 0],
 }
 
 REGRESSIONS = {
