@@ -65,7 +65,9 @@ static void run_path(const char *path)
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || strstr(e->d_name, ".md"))
+        /* Inputs have no extension (libFuzzer names them by hash); skip the
+         * reproducer sources and notes kept beside them. */
+        if (strchr(e->d_name, '.'))
             continue;
         names = realloc(names, (n + 1) * sizeof *names);
         size_t len = strlen(path) + strlen(e->d_name) + 2;

@@ -102,8 +102,35 @@ REGRESSIONS = {
 }
 
 
+def mt_seeds():
+    """Inputs of the two-thread target (fuzz_mt.c): a flags byte, then the
+    main thread's script and the helper's, from a fixed pseudo-random stream
+    biased towards begins first."""
+    import random
+    rnd = random.Random(20261128)
+    out = {}
+    for i in range(6):
+        main = []
+        for _ in range(8):
+            main += [0, rnd.randrange(256)]                                   # begin
+        for _ in range(12):
+            main += [rnd.choice([1, 2, 3, 5, 6, 7]), rnd.randrange(256), rnd.randrange(256)]
+        helper = []
+        for _ in range(16):
+            helper += [rnd.randrange(6), rnd.randrange(256), rnd.randrange(256)]
+        flags = [i | 0x08 * (i % 3)]
+        # equal halves: pad the shorter script with naps
+        while len(main) < len(helper):
+            main += [5, 0]
+        while len(helper) < len(main):
+            helper += [5, 0]
+        out[f"mt_{i}"] = flags + main + helper
+    return out
+
+
 def main() -> None:
-    for folder, seeds in (("corpus", SEEDS), ("regressions", REGRESSIONS)):
+    for folder, seeds in (("corpus", SEEDS), ("regressions", REGRESSIONS),
+                          ("corpus_mt", mt_seeds())):
         d = HERE / folder
         d.mkdir(exist_ok=True)
         for name, data in seeds.items():
