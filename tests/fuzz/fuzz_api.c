@@ -149,7 +149,7 @@ enum {
     A_NONE, A_END_SELF, A_END_OTHER, A_FAULT_OWN, A_FAULT_CH, A_ABORT_OWN, A_ABORT_HOST,
     A_REG_OTHER, A_BEGIN, A_BEGIN_WC, A_READ_OTHER, A_READ_SELF, A_REG_SELF, A_CLOSE_OWN,
     A_CLOSE_HOST, A_REPORT, A_STATS, A_VISIT, A_END_SELF_TWICE, A_OPEN_HOST, A_RESET_HOST,
-    A_VISIT_SELF, A_COUNT
+    A_VISIT_SELF, A_CLOSE_OWN_CH, A_CLOSE_CH, A_COUNT
 };
 
 enum { REG_PENDING, REG_OK, REG_FAILED };
@@ -1350,6 +1350,16 @@ static void run_action(act a, int self, bool in_cancel)
         do_end(rec_tgt(self));
         do_end(rec_tgt(self));
         break;
+    case A_CLOSE_OWN_CH: /* the op goes on on a closed handle's channel */
+        if (g_chans[o->ch].c)
+            do_channel_close(o->ch);
+        break;
+    case A_CLOSE_CH: {
+        int c = pick_chan(a.arg);
+        if (c >= 0)
+            do_channel_close(c);
+        break;
+    }
     case A_OPEN_HOST:
         do_open(pick_host(a.arg));
         break;

@@ -16,7 +16,7 @@ NULLS = 23
 # callback actions (fuzz_api.c A_*)
 (NONE, END_SELF, END_OTHER, FAULT_OWN, FAULT_CH, ABORT_OWN, ABORT_HOST, REG_OTHER, A_BEGIN,
  A_BEGIN_WC, READ_OTHER, READ_SELF, REG_SELF, CLOSE_OWN, CLOSE_HOST, A_REPORT, A_STATS, A_VISIT,
- END_SELF_TWICE, OPEN_HOST, RESET_HOST, VISIT_SELF) = range(22)
+ END_SELF_TWICE, OPEN_HOST, RESET_HOST, VISIT_SELF, CLOSE_OWN_CH, CLOSE_CH) = range(24)
 STALE = 0x80          # op byte: a stale handle
 FREE_FN, PRIMARY_END_SELF = 1, 2   # registration flags
 
@@ -84,6 +84,12 @@ SEEDS = {
                                             REGISTER, 0, *reg(FREE_FN, a0=(END_OTHER, 1))] +
                                fault_add(0, 1, 0, 1, 0) +
                                [REGISTER, 1, *reg(FREE_FN), READ, 1, END, 0, STATS, 0],
+    # a callback closes its own channel's handle and ends itself; the channel
+    # lives on until its last operation ends
+    "close_channel_in_callback": host_up() + [CH_OPEN, 0, 0, BEGIN, 0, BEGIN, 0,
+                                              REGISTER, 0, *reg(FREE_FN, a0=(CLOSE_OWN_CH, 0), a1=(END_SELF, 0)),
+                                              REGISTER, 1, *reg(FREE_FN, fa=(A_STATS, 0)),
+                                              CH_FAULT, 0, STATS, 0, ABORT, 0, END, 1, STATS, 0],
 }
 
 REGRESSIONS = {
