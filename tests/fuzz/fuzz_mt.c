@@ -26,7 +26,9 @@
  *   G10 a handle whose end returned, or whose end was called from inside
  *       its own cancel callback, reads stale on any other thread;
  *   stats agree with the callbacks counted.
- * Known-bug switch (as in fuzz_api.c, CC_FUZZ_STRICT): stale_per_thread.
+ * Known-bug switches (as in fuzz_api.c, CC_FUZZ_STRICT): stale_per_thread
+ * (checked only when strict) and visit_race (the helper calls
+ * cc_op_visit_register_faults only when strict: the core crashes).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -48,6 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAXREGS 128
 
 static bool g_tolerate_stale_per_thread = true;
+static bool g_tolerate_visit_race = true;
 
 typedef struct {
     int op;
@@ -80,8 +83,9 @@ static void fail(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nknown-bug switch: stale_per_thread=%s\n",
-            g_tolerate_stale_per_thread ? "tolerated" : "checked");
+    fprintf(stderr, "\nknown-bug switches: stale_per_thread=%s visit_race=%s\n",
+            g_tolerate_stale_per_thread ? "tolerated" : "checked",
+            g_tolerate_visit_race ? "tolerated" : "checked");
     abort();
 }
 
@@ -307,7 +311,19 @@ static void *helper(void *arg)
         case 2: act_end(pick(b)); break;
         case 3: act_read(pick(b)); break;
         case 4: act_register(pick(b), next(s)); break;
-        case 5: nap(b & 0x1f); break;
+        case 5:
+            if (g_tolerate_visit_race) {
+                nap(b & 0x1f);
+            } else {
+                int k = pick(b);
+                cc_op *h = k < 0 ? NULL : atomic_load(&g_ops[k].h);
+                if (h) {
+                    cc_status st = cc_op_visit_register_faults(h);
+                    EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION,
+                           "cc_op_visit_register_faults returned %s", cc_status_str(st));
+                }
+            }
+            break;
         }
     }
     return NULL;
@@ -358,6 +374,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *s = getenv("CC_FUZZ_STRICT");
         if (s && (strstr(s, "all") || strstr(s, "stale_per_thread")))
             g_tolerate_stale_per_thread = false;
+        if (s && (strstr(s, "all") || strstr(s, "visit_race")))
+            g_tolerate_visit_race = false;
     }
     if (size < 2)
         return 0;

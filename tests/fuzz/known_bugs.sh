@@ -1,21 +1,18 @@
 #!/bin/sh
 # Reports which known core bugs (tests/fuzz/README.md) are still present:
 # each reproducer input is replayed with its known-bug switch turned into a
-# check.  Informational: always exits 0.
-# usage: known_bugs.sh path/to/cc_fuzz path/to/cc_repro_stale_per_thread
+# check, and the C reproducers are run.  Informational: always exits 0.
+# usage: known_bugs.sh path/to/cc_fuzz dir/with/cc_repro_programs
 fuzz=$1
-repro=$2
+repros=$2
 dir=$(dirname "$0")/regressions
+say() { if [ "$2" = 0 ]; then echo "$1: fixed or not reproduced (turn its switch off: tests/fuzz/README.md)"; else echo "$1: STILL PRESENT"; fi; }
 for bug in end_cb_stale close_overflow deferred_end_visit; do
-  if CC_FUZZ_STRICT=$bug "$fuzz" "$dir/$bug" >/dev/null 2>&1; then
-    echo "$bug: fixed (turn its switch off in tests/fuzz/fuzz_api.c)"
-  else
-    echo "$bug: STILL PRESENT"
-  fi
+  CC_FUZZ_STRICT=$bug "$fuzz" "$dir/$bug" >/dev/null 2>&1
+  say $bug $?
 done
-if "$repro" >/dev/null 2>&1; then
-  echo "stale_per_thread: fixed (turn its switch off in tests/fuzz/fuzz_mt.c)"
-else
-  echo "stale_per_thread: STILL PRESENT"
-fi
+"$repros/cc_repro_stale_per_thread" >/dev/null 2>&1
+say stale_per_thread $?
+"$repros/cc_repro_visit_race" 3 >/dev/null 2>&1
+say visit_race $?
 exit 0
