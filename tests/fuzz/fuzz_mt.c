@@ -51,6 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static bool g_tolerate_stale_per_thread = true;
 static bool g_tolerate_visit_race = true;
+static bool g_trace;
 
 typedef struct {
     int op;
@@ -346,9 +347,13 @@ static void main_script(script *s)
     }
 }
 
+static bool g_ender_aborts;
+
 static void *ender(void *arg)
 {
     nap((unsigned)(uintptr_t)arg);
+    if (g_ender_aborts)
+        act_abort(); /* during the close, if timing allows: CC_E_OPERATION_ABORTED */
     int n = atomic_load(&g_nops);
     for (int k = 0; k < n; k++)
         act_end(k);
@@ -376,6 +381,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             g_tolerate_stale_per_thread = false;
         if (s && (strstr(s, "all") || strstr(s, "visit_race")))
             g_tolerate_visit_race = false;
+        const char *t = getenv("CC_FUZZ_TRACE");
+        g_trace = t && *t && strcmp(t, "0") != 0;
     }
     if (size < 2)
         return 0;
@@ -397,11 +404,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (flags & 1) {
         /* Close while another thread ends what is left (G8). */
         static const int64_t timeouts[] = {0, 1, 5, 1000};
-        EXPECT(pthread_create(&t, NULL, ender, (void *)(uintptr_t)((flags >> 3) * 10)) == 0,
+        g_ender_aborts = (flags & 0x80) != 0;
+        EXPECT(pthread_create(&t, NULL, ender, (void *)(uintptr_t)(((flags >> 3) & 15) * 10)) == 0,
                "pthread_create");
         cc_status st = cc_host_close(g_host, timeouts[(flags >> 1) & 3]);
-        EXPECT(st == CC_OK || st == CC_E_TIMEOUT, "cc_host_close returned %s", cc_status_str(st));
+        EXPECT(st == CC_OK || st == CC_E_TIMEOUT
+                   || (st == CC_E_OPERATION_ABORTED && g_ender_aborts),
+               "cc_host_close returned %s (another thread %s)", cc_status_str(st),
+               g_ender_aborts ? "aborted the host" : "only ended operations");
         EXPECT(cc_host_state(g_host) == CC_HOST_STATE_CLOSED, "closed host not CLOSED");
+        if (g_trace)
+            fprintf(stderr, "cc_host_close -> %s\n", cc_status_str(st));
         pthread_join(t, NULL);
     } else {
         for (int k = 0; k < n; k++)
@@ -439,6 +452,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
            (unsigned long long)st.free_states_run, (unsigned long long)frees);
     EXPECT(st.ops_canceled >= st.cancels_host_abort + st.cancels_channel_faulted,
            "stats: fewer operations canceled than cancel callbacks run");
+    if (g_trace)
+        fprintf(stderr, "%d operations, %d registrations, %llu cancels, %llu free-states\n", n, nr,
+                (unsigned long long)cancels, (unsigned long long)frees);
     cc_host_free(g_host);
     return 0;
 }

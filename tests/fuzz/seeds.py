@@ -110,26 +110,31 @@ REGRESSIONS = {
 
 def mt_seeds():
     """Inputs of the two-thread target (fuzz_mt.c): a flags byte, then the
-    main thread's script and the helper's, from a fixed pseudo-random stream
-    biased towards begins first."""
+    main thread's script and the helper's (equal halves), from a fixed
+    pseudo-random stream: the main thread begins operations and registers
+    (callbacks that end their own operation, sleep); the helper naps first,
+    then registers, reads and ends, faults a channel and aborts late."""
     import random
     rnd = random.Random(20261128)
+    r8 = lambda: rnd.randrange(256)
     out = {}
     for i in range(6):
         main = []
         for _ in range(8):
-            main += [0, rnd.randrange(256)]                                   # begin
-        for _ in range(12):
-            main += [rnd.choice([1, 2, 3, 5, 6, 7]), rnd.randrange(256), rnd.randrange(256)]
-        helper = []
-        for _ in range(16):
-            helper += [rnd.randrange(6), rnd.randrange(256), rnd.randrange(256)]
-        flags = [i | 0x08 * (i % 3)]
-        # equal halves: pad the shorter script with naps
+            main += [0, r8()]                                     # begin
+        for _ in range(6):
+            main += [1, r8(), rnd.choice([3, 7, 0x0f, 0x2e, 1])]  # register
+        for _ in range(8):
+            main += [rnd.choice([2, 3, 5, 6, 7]), r8(), r8()]
+        helper = [5, 0x1f] * 3                                    # nap
+        for _ in range(10):
+            helper += [rnd.choice([2, 3, 4, 4]), r8(), rnd.choice([3, 7, 0x0f, 1])]
+        helper += [1, r8(), 5, 0x10, 0, 0] + [2, r8(), 3, r8()] * 3   # fault, abort, end, read
         while len(main) < len(helper):
             main += [5, 0]
         while len(helper) < len(main):
             helper += [5, 0]
+        flags = [i | 0x08 * (i % 3) | (0x80 if i >= 4 else 0)]
         out[f"mt_{i}"] = flags + main + helper
     return out
 
