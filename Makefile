@@ -108,5 +108,5 @@ fuzz: fuzz-build
 # never fails.
 fuzz-known-bugs: fuzz-build
 	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF
-	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_stale_per_thread cc_repro_visit_race
+	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_stale_per_thread cc_repro_visit_race cc_repro_g3_vs_end
 	tests/fuzz/known_bugs.sh $(BUILD)/fuzz/cc_fuzz $(BUILD)/plain

@@ -15,4 +15,6 @@ done
 say stale_per_thread $?
 "$repros/cc_repro_visit_race" 3 >/dev/null 2>&1
 say visit_race $?
+"$repros/cc_repro_g3_vs_end" 5 >/dev/null 2>&1
+say g3_vs_end $?
 exit 0
