@@ -23,6 +23,8 @@
  *       callback's reason;
  *   G7  an operation registered before an abort started and ended after it
  *       returned had its callback run;
+ *   G5  no cancel callback starts after a cc_op_end of its op returned;
+ *   G8  once cc_host_close returned, nothing is in flight and no callback runs;
  *   G10 a handle whose end returned, or whose end was called from inside
  *       its own cancel callback, reads stale on any other thread;
  *   stats agree with the callbacks counted.
@@ -70,6 +72,7 @@ typedef struct {
 typedef struct {
     _Atomic(cc_op *) h;
     atomic_int ok_ends, ok_regs, ended_in_cb;
+    atomic_int end_returned;    /* a cc_op_end from outside its callbacks returned CC_OK */
 } mop;
 
 static cc_host *g_host;
@@ -79,6 +82,7 @@ static atomic_int g_nops;
 static mreg g_regs[MAXREGS];
 static atomic_int g_nregs;
 static atomic_int g_abort_started, g_abort_done, g_fault_started;
+static atomic_int g_callbacks_running;
 
 static void fail(const char *fmt, ...)
 {
@@ -118,7 +122,10 @@ static void cancel_cb(cc_reason reason, void *state)
     mop *o = &g_ops[r->op];
     EXPECT(atomic_load(&r->failed) == 0, "the cancel callback of a failed registration ran (G2)");
     EXPECT(atomic_load(&r->free_runs) == 0, "a cancel callback started after free-state (G5)");
+    EXPECT(atomic_load(&o->end_returned) == 0,
+           "op%d's cancel callback started after a cc_op_end of it returned (G5)", r->op);
     EXPECT(atomic_fetch_add(&r->cancel_runs, 1) == 0, "a cancel callback ran twice (G1)");
+    atomic_fetch_add(&g_callbacks_running, 1);
     EXPECT(reason == CC_HOST_ABORT || reason == CC_CHANNEL_FAULTED, "bad reason %d", reason);
     atomic_store(&r->reason, reason);
     atomic_store(&r->in_cancel, 1);
@@ -141,6 +148,7 @@ static void cancel_cb(cc_reason reason, void *state)
     }
     nap(r->sleep_us);
     atomic_store(&r->in_cancel, 0);
+    atomic_fetch_sub(&g_callbacks_running, 1);
 }
 
 static void free_cb(void *state)
@@ -148,7 +156,9 @@ static void free_cb(void *state)
     mreg *r = state;
     EXPECT(atomic_load(&r->failed) == 0, "the free-state of a failed registration ran (G2/G4)");
     EXPECT(atomic_load(&r->in_cancel) == 0, "free-state overlaps its cancel callback (G5)");
+    atomic_fetch_add(&g_callbacks_running, 1);
     EXPECT(atomic_fetch_add(&r->free_runs, 1) == 0, "free-state ran twice (G4)");
+    atomic_fetch_sub(&g_callbacks_running, 1);
 }
 
 /* ------------------------------------------------------------- actions */
@@ -221,6 +231,7 @@ static void act_end(int k)
     EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION, "cc_op_end returned %s", cc_status_str(st));
     if (st != CC_OK)
         return;
+    atomic_store(&o->end_returned, 1);
     atomic_fetch_add(&o->ok_ends, 1);
     if (!after_abort)
         return;
@@ -381,6 +392,7 @@ static void reset(void)
     atomic_store(&g_abort_started, 0);
     atomic_store(&g_abort_done, 0);
     atomic_store(&g_fault_started, 0);
+    atomic_store(&g_callbacks_running, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -427,6 +439,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                "cc_host_close returned %s (another thread %s)", cc_status_str(st),
                g_ender_aborts ? "aborted the host" : "only ended operations");
         EXPECT(cc_host_state(g_host) == CC_HOST_STATE_CLOSED, "closed host not CLOSED");
+        /* Close waited for every operation to end, callbacks included. */
+        EXPECT(atomic_load(&g_callbacks_running) == 0,
+               "a callback is still running after cc_host_close returned (G8)");
+        cc_stats cs;
+        EXPECT(cc_host_get_stats(g_host, &cs) == CC_OK && cs.ops_in_flight == 0,
+               "operations in flight after cc_host_close returned (G8)");
         if (g_trace)
             fprintf(stderr, "cc_host_close -> %s\n", cc_status_str(st));
         pthread_join(t, NULL);
