@@ -24,7 +24,7 @@
  * statistics, fault counts).  On a mismatch: a clear message, the last calls
  * made, and abort().
  *
- * Known open bugs of the core are tolerated by switches (see fuzz/README.md);
+ * Known open bugs of the core are tolerated by switches (tests/fuzz/README.md);
  * CC_FUZZ_STRICT=all (or a comma list of names) turns them into checks.
  * CC_FUZZ_TRACE=1 prints every call as it is made.
  */
