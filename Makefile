@@ -101,3 +101,40 @@ windows-tools:
 
 test-c-windows: windows-tools
 	$(call ctest_flavour,windows,-DCMAKE_BUILD_TYPE=Release -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/cmake/toolchain-mingw-w64.cmake,$(WINE_ENV))
+
+# ---------------------------------------------------------------- fuzzing
+# The API-sequence fuzzer (tests/fuzz/README.md) for FUZZ_SECONDS; fails on a
+# contract violation, a sanitizer report, a hang or a crash.  libFuzzer needs
+# clang and its runtime: installed from Debian's packages when missing.
+FUZZ_SECONDS ?= 60
+FUZZ_MT_SECONDS ?= 30
+FUZZ_CC      ?= clang-14
+FUZZ_PKGS    ?= clang-14 libclang-rt-14-dev
+FUZZ_FLAGS   ?=
+
+.PHONY: fuzz fuzz-build fuzz-known-bugs
+fuzz-build:
+	@if ! command -v $(FUZZ_CC) >/dev/null \
+	    || ! test -e "$$($(FUZZ_CC) -print-file-name=libclang_rt.fuzzer-$$(uname -m).a)"; then \
+	  apt-get update -q && apt-get install -y -q $(FUZZ_PKGS); \
+	fi
+	CC=$(FUZZ_CC) $(CMAKE) -S . -B $(BUILD)/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCC_BUILD_FUZZ=ON -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF -DCC_BUILD_EXAMPLES=OFF
+	$(CMAKE) --build $(BUILD)/fuzz -j $(JOBS) --target cc_fuzz cc_fuzz_mt
+
+fuzz: fuzz-build
+	mkdir -p $(BUILD)/fuzz/corpus
+	$(BUILD)/fuzz/cc_fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+	  -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/ $(FUZZ_FLAGS) \
+	  $(BUILD)/fuzz/corpus tests/fuzz/corpus
+	mkdir -p $(BUILD)/fuzz/corpus_mt
+	$(BUILD)/fuzz/cc_fuzz_mt -max_total_time=$(FUZZ_MT_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+	  -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/mt- $(FUZZ_FLAGS) \
+	  $(BUILD)/fuzz/corpus_mt tests/fuzz/corpus_mt
+
+# Which known core bugs (tests/fuzz/README.md) are still there: informational,
+# never fails.
+fuzz-known-bugs: fuzz-build
+	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF
+	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_stale_per_thread cc_repro_visit_race cc_repro_g3_vs_end
+	tests/fuzz/known_bugs.sh $(BUILD)/fuzz/cc_fuzz $(BUILD)/plain

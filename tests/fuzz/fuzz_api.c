@@ -1,0 +1,1730 @@
+/*
+ * fuzz_api.c - a libFuzzer target over sequences of cancelcore API calls,
+ * checked after every call against a model of the contract in
+ * csrc/include/cancelcore.h (G1-G13 of DESIGN.md).
+ *
+ * The input bytes decode into calls over a few hosts, channels and
+ * operations: create/open/close/abort/reset/free hosts, open/fault/close
+ * channels, begin/register/end operations, reads, stale and NULL handles,
+ * fault-plan rules and statistics.  Callbacks record what ran and, as the
+ * header allows (G11), call back into the library: end their own or another
+ * operation, fault a channel, abort a host, register on another operation,
+ * begin new ones.
+ *
+ * Everything runs on one thread, so the model can be exact.  It follows the
+ * library call by call with a stack of "frames" (the library calls in
+ * progress).  A call that cancels operations gets an ordered list of
+ * "phases" (a channel fault, a host abort, the fault plan's cancel at end,
+ * the G3 run of a registration); a phase marks operations in the model when
+ * its first callback arrives or when the call returns, which is exactly the
+ * order in which the core gathers and runs them.  Every callback is checked
+ * when it starts (G1, G2, G4, G5, G6, who is canceled: G7, G9) and every
+ * call's status when it returns (G10, G12); after each top-level call the
+ * whole model is compared with what the library reports (states, reads,
+ * statistics, fault counts).  On a mismatch: a clear message, the last calls
+ * made, and abort().
+ *
+ * Known open bugs of the core are tolerated by switches (tests/fuzz/README.md);
+ * CC_FUZZ_STRICT=all (or a comma list of names) turns them into checks.
+ * CC_FUZZ_TRACE=1 prints every call as it is made.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cancelcore.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* ------------------------------------------------------------ sizes */
+
+#define MAXH 2        /* hosts */
+#define MAXCH 6       /* channel records (open handles and closed ones with ops) */
+#define MAXOP 10      /* operation records */
+#define MAXSTALE 8    /* handles of ended operations kept for G10 probes */
+#define MAXREG 1024   /* registration attempts per input */
+#define MAXFRAMES 64
+#define MAXPH 12
+#define MAXCTX 32
+#define MAXDEPTH 4    /* callbacks nested deeper than this do nothing */
+#define MAXSTEPS 3000
+
+/* ------------------------------------------------- known-bug switches */
+
+/* Each is on (tolerated) by default; CC_FUZZ_STRICT turns it off. */
+static struct {
+    const char *name;
+    bool tolerate;
+    const char *what;
+} g_kb[] = {
+#define KB_END_CB_STALE 0
+    {"end_cb_stale", true,
+     "a cancel callback run by the fault plan's CC_FAULT_AT_END point sees its own "
+     "handle as stale (cc_op_is_canceled == CC_E_INVALID_OPERATION)"},
+#define KB_CLOSE_OVERFLOW 1
+    {"close_overflow", true,
+     "cc_host_close's deadline overflows int64 (undefined behaviour) for timeouts "
+     "just below INT64_MAX/1e6 ms; the harness avoids them"},
+#define KB_DEFERRED_END_VISIT 2
+    {"deferred_end_visit", true,
+     "deferred ends (from inside the op's own callback, overtaking a queued "
+     "callback, during registration) skip the CC_FAULT_AT_END visit"},
+};
+#define NKB ((int)(sizeof g_kb / sizeof g_kb[0]))
+#define TOLERATE(k) (g_kb[k].tolerate)
+
+static bool g_trace_live;
+static bool g_prob_exact = true; /* the model mirrors the plan's hash */
+
+/* ------------------------------------------------------------ input */
+
+static const uint8_t *g_in;
+static size_t g_len, g_pos;
+static unsigned u8(void) { return g_pos < g_len ? g_in[g_pos++] : 0; }
+static bool more(void) { return g_pos < g_len; }
+
+/* ------------------------------------------------------------ trace */
+
+#define TRACE_LINES 48
+static char g_trace[TRACE_LINES][200];
+static unsigned g_ntrace;
+static int g_nctx; /* forward: callback nesting, for indentation */
+
+static void trace(const char *fmt, ...)
+{
+    char *line = g_trace[g_ntrace++ % TRACE_LINES];
+    int ind = g_nctx * 2 < 20 ? g_nctx * 2 : 20;
+    memset(line, ' ', (size_t)ind);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + ind, sizeof g_trace[0] - (size_t)ind, fmt, ap);
+    va_end(ap);
+    if (g_trace_live)
+        fprintf(stderr, "%s\n", line);
+}
+
+static void fail(const char *fmt, ...)
+{
+    fprintf(stderr, "\ncancelcore fuzz: CONTRACT VIOLATION: ");
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nlast calls (oldest first; indented = inside a callback):\n");
+    unsigned first = g_ntrace > TRACE_LINES ? g_ntrace - TRACE_LINES : 0;
+    for (unsigned i = first; i < g_ntrace; i++)
+        fprintf(stderr, "  %s\n", g_trace[i % TRACE_LINES]);
+    fprintf(stderr, "known-bug switches:");
+    for (int k = 0; k < NKB; k++)
+        fprintf(stderr, " %s=%s", g_kb[k].name, g_kb[k].tolerate ? "tolerated" : "checked");
+    fprintf(stderr, "\n");
+    abort();
+}
+
+#define EXPECT(cond, ...)           \
+    do {                            \
+        if (!(cond))                \
+            fail(__VA_ARGS__);      \
+    } while (0)
+
+/* Evaluates the call once. */
+#define EXPECT_ST(what, call, want)                                                   \
+    do {                                                                              \
+        cc_status got_ = (call), want_ = (want);                                      \
+        EXPECT(got_ == want_, "%s returned %s, the contract says %s", what,           \
+               cc_status_str(got_), cc_status_str(want_));                            \
+    } while (0)
+
+/* ------------------------------------------------------------ model */
+
+typedef struct {
+    uint8_t kind, arg;
+} act;
+
+enum {
+    A_NONE, A_END_SELF, A_END_OTHER, A_FAULT_OWN, A_FAULT_CH, A_ABORT_OWN, A_ABORT_HOST,
+    A_REG_OTHER, A_BEGIN, A_BEGIN_WC, A_READ_OTHER, A_READ_SELF, A_REG_SELF, A_CLOSE_OWN,
+    A_CLOSE_HOST, A_REPORT, A_STATS, A_VISIT, A_END_SELF_TWICE, A_OPEN_HOST, A_RESET_HOST,
+    A_VISIT_SELF, A_CLOSE_OWN_CH, A_CLOSE_CH, A_COUNT
+};
+
+enum { REG_PENDING, REG_OK, REG_FAILED };
+
+typedef struct {
+    int op;          /* operation record */
+    int state;
+    bool has_free;
+    int depth;       /* callback nesting at registration */
+    act cancel_act[2];
+    act free_act;
+    int cancel_runs, free_runs;
+} reg_t;
+
+typedef struct {
+    cc_fault_point point;
+    cc_fault_action action;
+    uint32_t nth;
+    double p;
+    uint64_t visits;
+} mrule;
+
+typedef struct {
+    bool used;
+    cc_host *h;
+    int state;
+    bool aborted_in_close;
+    int64_t close_timeout;
+    uint64_t begun, ended, canceled, c_abort, c_fault, frees, errors, channels_open;
+    int nrules;
+    mrule rules[16];
+    uint64_t seed, injected;
+} mhost;
+
+typedef struct {
+    bool used;
+    cc_channel *c;   /* NULL once the user closed the handle */
+    int host;
+    int state;
+    int nops;        /* operations not yet released */
+} mchan;
+
+typedef struct {
+    bool used, known;    /* record in use; handle returned to us */
+    cc_op *h;
+    int host, ch;
+    bool canceled;
+    cc_reason reason;
+    int reg;             /* successful registration, or -1 */
+    bool reg_in_progress, armed;
+    bool claimed, invoked, overtaken;
+    unsigned claim_frame;
+    int claim_phase;
+    bool end_begun, release_pending, released;
+    unsigned pend_frame;
+    bool cb_active, endpoint_cb;
+    int cancel_runs, free_runs;
+} mop;
+
+enum { PH_CHAN, PH_ABORT, PH_ENDCANCEL, PH_G3 };
+static const char *const ph_name[] = {"channel fault", "host abort", "cancel at end", "G3 run"};
+
+typedef struct {
+    int kind, arg;
+    cc_reason reason;
+} phase;
+
+typedef struct {
+    unsigned serial;
+    const char *what;
+    int op;          /* the operation a cc_op_end frame ends, else -1 */
+    bool is_end;
+    phase ph[MAXPH];
+    int nph, next;   /* phases [0, next) applied */
+    int reg;         /* PH_G3's registration */
+    cc_status g3_status;
+} frame;
+
+typedef struct {
+    int op, host;
+    bool is_cancel;
+} ctx_t;
+
+static mhost g_hosts[MAXH];
+static mchan g_chans[MAXCH];
+static mop g_ops[MAXOP];
+static cc_op *g_stale[MAXSTALE];
+static unsigned g_nstale;
+static reg_t g_regs[MAXREG];
+static int g_nregs;
+static frame g_frames[MAXFRAMES];
+static int g_nframes;
+static unsigned g_serial;
+static ctx_t g_ctx[MAXCTX];
+static bool g_cleanup;
+/* The stats' per-reason cancel counts come from the model's records of the
+ * callbacks that ran (a record's count moves here when it is swept). */
+static uint64_t g_swept_abort[MAXH], g_swept_fault[MAXH];
+
+/* A call's target: NULL, a model record, or a stale handle. */
+enum { T_NULL, T_REC, T_STALE };
+typedef struct {
+    int kind, idx;
+    cc_op *h;
+} tgt;
+
+/* ------------------------------------------------------- fault plan */
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* The plan's probability draw for rule i's k-th visit.  The header only says
+ * "a hash of (seed, rule, k)"; this mirrors faults.c, and a start-up probe
+ * (calibrate) checks it still does, else only p = 1 rules are used. */
+static bool prob_fire(uint64_t seed, int i, uint64_t k, double p)
+{
+    return (double)(mix(seed ^ mix((uint64_t)i << 56 ^ k)) >> 11) * 0x1p-53 < p;
+}
+
+static unsigned m_visit(int h, cc_fault_point point)
+{
+    mhost *H = &g_hosts[h];
+    unsigned fired = 0;
+    for (int i = 0; i < H->nrules; i++) {
+        mrule *r = &H->rules[i];
+        if (r->point != point)
+            continue;
+        uint64_t k = ++r->visits;
+        bool fire = r->nth ? k % r->nth == 0 : prob_fire(H->seed, i, k, r->p);
+        if (fire) {
+            fired |= 1u << r->action;
+            H->injected++;
+        }
+    }
+    return fired;
+}
+
+#define F_CHAN (1u << CC_FAULT_CHANNEL)
+#define F_ABORT (1u << CC_FAULT_ABORT_HOST)
+#define F_NOMEM (1u << CC_FAULT_NOMEM)
+
+/* ----------------------------------------------------- frames, phases */
+
+static frame *top(void) { return g_nframes ? &g_frames[g_nframes - 1] : NULL; }
+
+static frame *push_frame(const char *what, int op)
+{
+    EXPECT(g_nframes < MAXFRAMES, "harness: frames nested too deep");
+    frame *f = &g_frames[g_nframes++];
+    memset(f, 0, sizeof *f);
+    f->serial = ++g_serial;
+    f->what = what;
+    f->op = op;
+    f->reg = -1;
+    return f;
+}
+
+static void add_phase(frame *f, int kind, int arg, cc_reason reason)
+{
+    EXPECT(f->nph < MAXPH, "harness: too many phases");
+    f->ph[f->nph++] = (phase){kind, arg, reason};
+}
+
+static void add_fault_phases(frame *f, unsigned fired, int ch, int host)
+{
+    if (fired & F_CHAN)
+        add_phase(f, PH_CHAN, ch, CC_CHANNEL_FAULTED);
+    if (fired & F_ABORT)
+        add_phase(f, PH_ABORT, host, CC_HOST_ABORT);
+}
+
+static void stale_push(cc_op *h)
+{
+    if (h)
+        g_stale[g_nstale++ % MAXSTALE] = h;
+}
+
+static void release(int x)
+{
+    mop *o = &g_ops[x];
+    EXPECT(!o->released, "harness: op %d released twice", x);
+    o->released = true;
+    o->release_pending = false;
+    mhost *H = &g_hosts[o->host];
+    H->ended++;
+    if (o->armed && g_regs[o->reg].has_free)
+        H->frees++;
+    g_chans[o->ch].nops--;
+    stale_push(o->h);
+}
+
+static void claim(int x, frame *f, int p)
+{
+    mop *o = &g_ops[x];
+    o->claimed = true;
+    o->invoked = false;
+    o->claim_frame = f->serial;
+    o->claim_phase = p;
+}
+
+/* The first trigger decides (G6); none reaches an op whose end began (G5). */
+static void mark(int x, cc_reason reason, frame *f, int p)
+{
+    mop *o = &g_ops[x];
+    if (!o->used || o->released || o->canceled || o->end_begun)
+        return;
+    o->canceled = true;
+    o->reason = reason;
+    g_hosts[o->host].canceled++;
+    if (o->armed)
+        claim(x, f, p);
+}
+
+static void apply_phase(frame *f, int p)
+{
+    phase *ph = &f->ph[p];
+    switch (ph->kind) {
+    case PH_CHAN: {
+        mchan *c = &g_chans[ph->arg];
+        if (!c->used || c->state == CC_CHANNEL_STATE_CLOSED)
+            break;
+        c->state = CC_CHANNEL_STATE_FAULTED;
+        for (int x = 0; x < MAXOP; x++)
+            if (g_ops[x].used && g_ops[x].ch == ph->arg)
+                mark(x, CC_CHANNEL_FAULTED, f, p);
+        break;
+    }
+    case PH_ABORT: {
+        mhost *H = &g_hosts[ph->arg];
+        if (H->state == CC_HOST_STATE_OPEN)
+            H->state = CC_HOST_STATE_FAULTED;
+        else if (H->state == CC_HOST_STATE_CLOSING)
+            H->aborted_in_close = true;
+        for (int x = 0; x < MAXOP; x++)
+            if (g_ops[x].used && g_ops[x].host == ph->arg)
+                mark(x, CC_HOST_ABORT, f, p);
+        break;
+    }
+    case PH_ENDCANCEL: {
+        mop *o = &g_ops[ph->arg];
+        if (o->canceled)
+            break;
+        o->canceled = true;
+        o->reason = ph->reason;
+        g_hosts[o->host].canceled++;
+        if (o->armed)
+            claim(ph->arg, f, p);
+        break;
+    }
+    case PH_G3: {
+        int x = ph->arg;
+        mop *o = &g_ops[x];
+        reg_t *r = &g_regs[f->reg];
+        o->reg_in_progress = false;
+        if (o->end_begun) {
+            /* Ended during its own registration (by a callback run by the
+             * fault plan): the registration fails, nothing of it runs. */
+            r->state = REG_FAILED;
+            f->g3_status = CC_E_INVALID_OPERATION;
+            release(x);
+        } else {
+            o->armed = true;
+            o->reg = f->reg;
+            r->state = REG_OK;
+            f->g3_status = CC_OK;
+            if (o->canceled)
+                claim(x, f, p);
+        }
+        break;
+    }
+    }
+}
+
+/* Every callback a phase claimed ran and returned, or an end overtook it. */
+static void check_claims_done(frame *f, int p)
+{
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (o->used && o->claimed && o->claim_frame == f->serial && o->claim_phase == p)
+            EXPECT((o->invoked && !o->cb_active) || o->overtaken,
+                   "op %d was canceled (reason %d) by the %s of %s, its cancel callback is "
+                   "registered, yet the callback %s (G1/G3/G7/G9)",
+                   x, o->reason, ph_name[f->ph[p].kind], f->what,
+                   o->invoked ? "had not returned when the next step began" : "never ran");
+    }
+}
+
+static void advance(frame *f)
+{
+    if (f->next > 0)
+        check_claims_done(f, f->next - 1);
+    apply_phase(f, f->next);
+    f->next++;
+}
+
+static void flush(frame *f)
+{
+    while (f->next < f->nph)
+        advance(f);
+    if (f->next > 0)
+        check_claims_done(f, f->next - 1);
+}
+
+static void pop_frame(void)
+{
+    frame *f = top();
+    flush(f);
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (o->used && o->release_pending && o->pend_frame == f->serial)
+            release(x);
+    }
+    g_nframes--;
+}
+
+static bool ctx_has_host(int h)
+{
+    for (int i = 0; i < g_nctx; i++)
+        if (g_ctx[i].host == h)
+            return true;
+    return false;
+}
+
+/* ------------------------------------------------------------ picks */
+
+static int pick_host(unsigned b)
+{
+    int i = (int)(b % (MAXH + 1));
+    return i < MAXH && g_hosts[i].used ? i : -1;
+}
+
+static cc_host *host_ptr(int h) { return h < 0 ? NULL : g_hosts[h].h; }
+
+static int pick_chan(unsigned b)
+{
+    int i = (int)(b % (MAXCH + 1));
+    return i < MAXCH && g_chans[i].used && g_chans[i].c ? i : -1;
+}
+
+static cc_channel *chan_ptr(int c) { return c < 0 ? NULL : g_chans[c].c; }
+
+static tgt pick_op(unsigned b)
+{
+    tgt t = {T_NULL, -1, NULL};
+    if ((b & 0x80) && g_nstale) {
+        unsigned n = g_nstale < MAXSTALE ? g_nstale : MAXSTALE;
+        t.kind = T_STALE;
+        t.h = g_stale[(b & 0x7f) % n];
+        return t;
+    }
+    int i = (int)(b % (MAXOP + 1));
+    if (i < MAXOP && g_ops[i].used && g_ops[i].known) {
+        t.kind = T_REC;
+        t.idx = i;
+        t.h = g_ops[i].h;
+        return t;
+    }
+    if (i < MAXOP && g_ops[i].used)
+        t.kind = -1; /* begun, handle not yet returned: nothing can name it */
+    return t;
+}
+
+static tgt rec_tgt(int x) { return (tgt){T_REC, x, g_ops[x].h}; }
+
+/* Is the handle still valid to use?  Stale once its end began (G10),
+ * except inside its own cancel callback. */
+static bool live(tgt t)
+{
+    if (t.kind != T_REC)
+        return false;
+    mop *o = &g_ops[t.idx];
+    if (o->released)
+        return false;
+    if (!o->end_begun)
+        return true;
+    return o->cb_active && !(o->endpoint_cb && TOLERATE(KB_END_CB_STALE));
+}
+
+static const char *tname(tgt t)
+{
+    static char buf[4][32];
+    static int n;
+    char *s = buf[n++ & 3];
+    if (t.kind == T_NULL)
+        return "NULL";
+    if (t.kind == T_STALE)
+        snprintf(s, 32, "stale(%p)", (void *)t.h);
+    else
+        snprintf(s, 32, "op%d", t.idx);
+    return s;
+}
+
+/* ------------------------------------------------------- callbacks */
+
+static void run_action(act a, int self, bool in_cancel);
+static void check_reads(tgt t, const char *where);
+
+static reg_t *reg_of(void *state)
+{
+    reg_t *r = state;
+    EXPECT(r >= g_regs && r < g_regs + g_nregs, "callback called with a state pointer %p "
+           "that no registration gave", state);
+    return r;
+}
+
+static void cancel_cb(cc_reason reason, void *state)
+{
+    reg_t *r = reg_of(state);
+    int x = r->op;
+    trace("-> cancel callback of op%d (reason %d, registration %d)", x, reason,
+          (int)(r - g_regs));
+    EXPECT(r->state != REG_FAILED && x >= 0, "the cancel callback of a failed registration "
+           "(%d, op%d) ran (G2: only the first registration is in force)", (int)(r - g_regs), x);
+    mop *o = &g_ops[x];
+    EXPECT(reason == CC_HOST_ABORT || reason == CC_CHANNEL_FAULTED,
+           "cancel callback got reason %d, not one of the two (G6)", reason);
+    EXPECT(r->cancel_runs == 0, "a registration's cancel callback ran twice (G1)");
+    r->cancel_runs++;
+    frame *f = top();
+    EXPECT(f, "a cancel callback ran outside any library call");
+    for (;;) {
+        if (o->used && o->claimed && o->claim_frame == f->serial && !o->invoked && !o->overtaken)
+            break;
+        EXPECT(f->next < f->nph,
+               "op%d's cancel callback ran (reason %d) inside %s, where nothing cancels it "
+               "(model: canceled=%d end_begun=%d armed=%d cancel_runs=%d)",
+               x, reason, f->what, o->canceled, o->end_begun, o->armed, o->cancel_runs);
+        advance(f);
+    }
+    bool endpoint = f->ph[o->claim_phase].kind == PH_ENDCANCEL;
+    EXPECT(o->reg == (int)(r - g_regs), "op%d's cancel callback came from registration %d, "
+           "but %d is the one in force (G2)", x, (int)(r - g_regs), o->reg);
+    EXPECT(reason == o->reason, "op%d canceled with reason %d but its first trigger gave %d (G6)",
+           x, reason, o->reason);
+    EXPECT(o->cancel_runs == 0, "op%d's cancel callback ran twice (G1)", x);
+    EXPECT(o->free_runs == 0, "op%d's cancel callback ran after its free-state (G5)", x);
+    EXPECT(!o->end_begun || endpoint, "op%d's cancel callback started after its end began (G5)", x);
+    o->invoked = true;
+    o->cancel_runs++;
+    o->cb_active = true;
+    o->endpoint_cb = endpoint;
+    EXPECT(g_nctx < MAXCTX, "harness: callbacks nested too deep");
+    g_ctx[g_nctx++] = (ctx_t){x, o->host, true};
+
+    /* Inside its own cancel callback the handle is valid (header).  (Not
+     * known yet in a G3 run inside cc_op_begin_with_cancel.) */
+    if (o->known)
+        check_reads(rec_tgt(x), "inside its own cancel callback");
+    for (int i = 0; i < 2; i++)
+        run_action(r->cancel_act[i], x, true);
+
+    g_nctx--;
+    o->cb_active = false;
+    o->endpoint_cb = false;
+    trace("<- cancel callback of op%d", x);
+}
+
+static void free_cb(void *state)
+{
+    reg_t *r = reg_of(state);
+    int x = r->op;
+    trace("-> free-state of op%d (registration %d)", x, (int)(r - g_regs));
+    EXPECT(r->state == REG_OK && x >= 0, "the free-state of a registration that did not "
+           "succeed (%d, op%d) ran (G2/G4)", (int)(r - g_regs), x);
+    mop *o = &g_ops[x];
+    EXPECT(r->free_runs == 0, "a registration's free-state ran twice (G4)");
+    r->free_runs++;
+    EXPECT(o->used && !o->released && o->reg == (int)(r - g_regs),
+           "free-state of op%d ran but the op is not in flight with that registration", x);
+    EXPECT(o->end_begun, "op%d's free-state ran before its end began (G4)", x);
+    EXPECT(!o->cb_active, "op%d's free-state ran while its cancel callback runs (G5)", x);
+    EXPECT(o->free_runs == 0, "op%d's free-state ran twice (G4)", x);
+    frame *f = top();
+    EXPECT(f, "a free-state callback ran outside any library call");
+    if (f->is_end && f->op == x)
+        flush(f); /* free-state comes after everything its end triggers */
+    o->free_runs++;
+    EXPECT(g_nctx < MAXCTX, "harness: callbacks nested too deep");
+    g_ctx[g_nctx++] = (ctx_t){x, o->host, false};
+    if (o->known)
+        check_reads(rec_tgt(x), "inside its own free-state");
+    run_action(r->free_act, x, false);
+    g_nctx--;
+    trace("<- free-state of op%d", x);
+}
+
+/* ------------------------------------------------------ host calls */
+
+static int alloc_host(void)
+{
+    for (int i = 0; i < MAXH; i++)
+        if (!g_hosts[i].used)
+            return i;
+    return -1;
+}
+
+static void do_create(unsigned b)
+{
+    if (b & 0x40) {
+        trace("cc_host_create(NULL)");
+        EXPECT_ST("cc_host_create(NULL)", cc_host_create(NULL), CC_E_INVALID_ARG);
+        return;
+    }
+    int i = alloc_host();
+    if (i < 0)
+        return;
+    cc_host *h = NULL;
+    trace("cc_host_create -> host%d", i);
+    EXPECT_ST("cc_host_create", cc_host_create(&h), CC_OK);
+    EXPECT(h, "cc_host_create returned CC_OK and no host");
+    mhost *H = &g_hosts[i];
+    memset(H, 0, sizeof *H);
+    H->used = true;
+    H->h = h;
+    H->state = CC_HOST_STATE_CREATED;
+    H->close_timeout = 5000;
+    g_swept_abort[i] = g_swept_fault[i] = 0;
+}
+
+static void do_open(int h)
+{
+    trace("cc_host_open(host%d)", h);
+    cc_status want = CC_E_INVALID_ARG;
+    if (h >= 0) {
+        want = g_hosts[h].state == CC_HOST_STATE_CREATED ? CC_OK : CC_E_INVALID_OPERATION;
+        if (want == CC_OK)
+            g_hosts[h].state = CC_HOST_STATE_OPEN;
+    }
+    EXPECT_ST("cc_host_open", cc_host_open(host_ptr(h)), want);
+}
+
+static void do_reset(int h)
+{
+    trace("cc_host_reset(host%d)", h);
+    cc_status want = CC_E_INVALID_ARG;
+    if (h >= 0) {
+        int s = g_hosts[h].state;
+        want = s == CC_HOST_STATE_CLOSED || s == CC_HOST_STATE_CREATED ? CC_OK
+                                                                       : CC_E_INVALID_OPERATION;
+        if (want == CC_OK)
+            g_hosts[h].state = CC_HOST_STATE_CREATED;
+    }
+    EXPECT_ST("cc_host_reset", cc_host_reset(host_ptr(h)), want);
+}
+
+static void do_abort(int h)
+{
+    trace("cc_host_abort(host%d)", h);
+    if (h < 0) {
+        EXPECT_ST("cc_host_abort(NULL)", cc_host_abort(NULL), CC_E_INVALID_ARG);
+        return;
+    }
+    frame *f = push_frame("cc_host_abort", -1);
+    add_phase(f, PH_ABORT, h, CC_HOST_ABORT);
+    cc_status st = cc_host_abort(g_hosts[h].h);
+    pop_frame();
+    EXPECT_ST("cc_host_abort", st, CC_OK);
+}
+
+static int host_inflight(int h)
+{
+    int n = 0;
+    for (int x = 0; x < MAXOP; x++)
+        if (g_ops[x].used && !g_ops[x].released && g_ops[x].host == h)
+            n++;
+    return n;
+}
+
+/* Would an abort of h end every operation in flight on it?  Only then can a
+ * single thread close or free it without waiting forever. */
+static bool host_drainable(int h)
+{
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (!o->used || o->released || o->host != h)
+            continue;
+        if (!(o->known && o->armed && !o->canceled && !o->end_begun
+              && g_regs[o->reg].cancel_act[0].kind == A_END_SELF))
+            return false;
+    }
+    return true;
+}
+
+static const int64_t g_timeouts[] = {
+    0, 1, 2, -1, INT64_MIN, 1000, 1000000000000, 9223372036853, 9223372036852,
+    9223372036000, 9223372036854, INT64_MAX, 9223372036854775 /* INT64_MAX/1000 */,
+    4611686018427, 100, 2,
+};
+#define NTIMEOUTS ((unsigned)(sizeof g_timeouts / sizeof g_timeouts[0]))
+
+/* Timeouts whose deadline (now + timeout_ms * 1e6) overflows int64 in the
+ * current core: at or below its INT64_MAX/1e6 - 1 cut-off, above ~1e12. */
+static bool overflows(int64_t ms) { return ms > 1000000000000 && ms <= 9223372036853; }
+
+static void do_close(int h, unsigned b, bool top_level)
+{
+    if (h < 0) {
+        trace("cc_host_close(NULL)");
+        EXPECT_ST("cc_host_close(NULL)", cc_host_close(NULL, 0), CC_E_INVALID_ARG);
+        return;
+    }
+    mhost *H = &g_hosts[h];
+    int64_t t = g_timeouts[b % NTIMEOUTS];
+    cc_status want;
+    bool proceeds = false;
+    int n = host_inflight(h);
+    if (ctx_has_host(h)) {
+        want = CC_E_INVALID_OPERATION; /* would wait for itself (G11) */
+    } else if (H->state != CC_HOST_STATE_OPEN && H->state != CC_HOST_STATE_FAULTED) {
+        want = CC_E_INVALID_OPERATION;
+    } else {
+        if (n && (!top_level || !host_drainable(h)))
+            return; /* one thread: nothing would ever end them */
+        int64_t eff = t < 0 ? H->close_timeout : t;
+        if (n && eff > 2)
+            t = (int64_t)(b % 3); /* it will time out: keep it short */
+        else if (overflows(eff) && TOLERATE(KB_CLOSE_OVERFLOW))
+            t = 1000000000000;
+        proceeds = true;
+        want = n ? CC_E_TIMEOUT : CC_OK;
+    }
+    trace("cc_host_close(host%d, %lld) [%d in flight]", h, (long long)t, n);
+    frame *f = push_frame("cc_host_close", -1);
+    if (proceeds) {
+        H->state = CC_HOST_STATE_CLOSING;
+        H->aborted_in_close = false;
+        if (n)
+            add_phase(f, PH_ABORT, h, CC_HOST_ABORT); /* the timeout escalates (G8) */
+    }
+    cc_status st = cc_host_close(H->h, t);
+    pop_frame();
+    if (proceeds) {
+        if (!n && H->aborted_in_close)
+            want = CC_E_OPERATION_ABORTED;
+        H->state = CC_HOST_STATE_CLOSED;
+        for (int c = 0; c < MAXCH; c++)
+            if (g_chans[c].used && g_chans[c].host == h)
+                g_chans[c].state = CC_CHANNEL_STATE_CLOSED;
+        EXPECT(host_inflight(h) == 0, "cc_host_close returned with operations in flight (G8)");
+    }
+    EXPECT_ST("cc_host_close", st, want);
+}
+
+static void do_free(int h)
+{
+    if (h < 0) {
+        trace("cc_host_free(NULL)");
+        cc_host_free(NULL);
+        return;
+    }
+    if (!host_drainable(h))
+        return;
+    trace("cc_host_free(host%d) [%d in flight]", h, host_inflight(h));
+    frame *f = push_frame("cc_host_free", -1);
+    add_phase(f, PH_ABORT, h, CC_HOST_ABORT);
+    cc_host_free(g_hosts[h].h);
+    pop_frame();
+    EXPECT(host_inflight(h) == 0, "cc_host_free returned with operations in flight");
+    for (int x = 0; x < MAXOP; x++)
+        if (g_ops[x].used && g_ops[x].host == h)
+            g_ops[x].used = false;
+    for (int c = 0; c < MAXCH; c++)
+        if (g_chans[c].used && g_chans[c].host == h)
+            g_chans[c].used = false;
+    g_hosts[h].used = false;
+}
+
+static void do_set_timeout(int h, unsigned b)
+{
+    static const int64_t vals[] = {0, 1, 2, 5, -1, -1000, 5000, 9223372036853, INT64_MAX};
+    int64_t v = vals[b % (sizeof vals / sizeof vals[0])];
+    trace("cc_host_set_close_timeout(host%d, %lld)", h, (long long)v);
+    cc_status want = h < 0 || v < 0 ? CC_E_INVALID_ARG : CC_OK;
+    EXPECT_ST("cc_host_set_close_timeout", cc_host_set_close_timeout(host_ptr(h), v), want);
+    if (want == CC_OK)
+        g_hosts[h].close_timeout = v;
+    int64_t got = cc_host_close_timeout(host_ptr(h));
+    EXPECT(got == (h < 0 ? -1 : g_hosts[h].close_timeout),
+           "cc_host_close_timeout returned %lld", (long long)got);
+}
+
+static void check_stats(int h)
+{
+    cc_stats s;
+    memset(&s, 0xab, sizeof s);
+    EXPECT_ST("cc_host_get_stats", cc_host_get_stats(g_hosts[h].h, &s), CC_OK);
+    mhost *H = &g_hosts[h];
+#define CMP(field, want)                                                            \
+    EXPECT(s.field == (uint64_t)(want), "host%d stats." #field " is %llu, the model counts %llu", \
+           h, (unsigned long long)s.field, (unsigned long long)(want))
+    CMP(ops_begun, H->begun);
+    CMP(ops_ended, H->ended);
+    CMP(ops_in_flight, H->begun - H->ended);
+    CMP(ops_canceled, H->canceled);
+    CMP(cancels_host_abort, H->c_abort);
+    CMP(cancels_channel_faulted, H->c_fault);
+    CMP(free_states_run, H->frees);
+    CMP(callback_errors, H->errors);
+    CMP(channels_open, H->channels_open);
+#undef CMP
+}
+
+static void do_report(int h)
+{
+    trace("cc_host_report_callback_error(host%d)", h);
+    EXPECT_ST("cc_host_report_callback_error", cc_host_report_callback_error(host_ptr(h)),
+              h < 0 ? CC_E_INVALID_ARG : CC_OK);
+    if (h >= 0)
+        g_hosts[h].errors++;
+}
+
+/* --------------------------------------------------- fault plan calls */
+
+static void do_fault_add(int h, unsigned b1, unsigned b2, unsigned b3)
+{
+    static const uint32_t nths[] = {0, 1, 2, 3, 4, 7, 13, UINT32_MAX};
+    static const double ps[] = {0.0, 1.0, 0.5, 0.1, 0.9, 0.02, -0.1, 1.5, NAN, 1e-9, 0.999, INFINITY};
+    int point = (int)(b1 & 3) == 3 ? (b1 & 4 ? 3 : -1) : (int)(b1 & 3);
+    int action = (int)(b1 >> 3 & 3) == 3 ? (b1 & 0x20 ? 7 : -1) : (int)(b1 >> 3 & 3);
+    uint32_t nth = nths[b2 % 8];
+    double p = ps[b3 % (sizeof ps / sizeof ps[0])];
+    if (!g_prob_exact && nth == 0 && p > 0.0 && p < 1.0)
+        p = 1.0; /* the draw cannot be predicted: make it certain */
+    cc_status want;
+    if (h < 0 || (unsigned)point > CC_FAULT_AT_END || (unsigned)action > CC_FAULT_NOMEM)
+        want = CC_E_INVALID_ARG;
+    else if (action == CC_FAULT_NOMEM && point == CC_FAULT_AT_END)
+        want = CC_E_INVALID_ARG;
+    else if (!(p >= 0.0 && p <= 1.0) || (nth == 0 && p == 0.0))
+        want = CC_E_INVALID_ARG;
+    else if (g_hosts[h].nrules == 16)
+        want = CC_E_NOMEM;
+    else
+        want = CC_OK;
+    trace("cc_host_fault_add(host%d, point %d, action %d, every %u, p %g)", h, point, action,
+          nth, p);
+    EXPECT_ST("cc_host_fault_add",
+              cc_host_fault_add(host_ptr(h), (cc_fault_point)point, (cc_fault_action)action, nth, p),
+              want);
+    if (want == CC_OK) {
+        mhost *H = &g_hosts[h];
+        H->rules[H->nrules++] = (mrule){(cc_fault_point)point, (cc_fault_action)action, nth, p, 0};
+    }
+}
+
+static void do_fault_reset(int h, unsigned b)
+{
+    uint64_t seed = (uint64_t)b * 0x9e3779b97f4a7c15ull;
+    trace("cc_host_fault_reset(host%d, %llu)", h, (unsigned long long)seed);
+    EXPECT_ST("cc_host_fault_reset", cc_host_fault_reset(host_ptr(h), seed),
+              h < 0 ? CC_E_INVALID_ARG : CC_OK);
+    if (h >= 0) {
+        g_hosts[h].nrules = 0;
+        g_hosts[h].injected = 0;
+        g_hosts[h].seed = seed;
+    }
+}
+
+/* ---------------------------------------------------- channel calls */
+
+static void do_channel_open(int h, unsigned b)
+{
+    int c = -1;
+    for (int i = 0; i < MAXCH; i++)
+        if (!g_chans[i].used) {
+            c = i;
+            break;
+        }
+    cc_status want = CC_E_INVALID_ARG;
+    bool null_out = (b & 0x40) != 0;
+    if (h >= 0 && !null_out) {
+        int s = g_hosts[h].state;
+        want = s == CC_HOST_STATE_OPEN      ? CC_OK
+               : s == CC_HOST_STATE_FAULTED ? CC_E_OBJECT_FAULTED
+                                            : CC_E_INVALID_OPERATION;
+    }
+    if (want == CC_OK && c < 0)
+        return; /* no record to track it */
+    trace("cc_channel_open(host%d%s) -> chan%d", h, null_out ? ", NULL" : "", c);
+    cc_channel *ch = NULL;
+    EXPECT_ST("cc_channel_open", cc_channel_open(host_ptr(h), null_out ? NULL : &ch), want);
+    if (want == CC_OK) {
+        EXPECT(ch, "cc_channel_open returned CC_OK and no channel");
+        g_chans[c] = (mchan){true, ch, h, CC_CHANNEL_STATE_OPEN, 0};
+        g_hosts[h].channels_open++;
+    }
+}
+
+static void do_channel_fault(int c)
+{
+    trace("cc_channel_fault(chan%d)", c);
+    if (c < 0) {
+        EXPECT_ST("cc_channel_fault(NULL)", cc_channel_fault(NULL), CC_E_INVALID_ARG);
+        return;
+    }
+    cc_status want = g_chans[c].state == CC_CHANNEL_STATE_CLOSED ? CC_E_INVALID_OPERATION : CC_OK;
+    frame *f = push_frame("cc_channel_fault", -1);
+    if (want == CC_OK)
+        add_phase(f, PH_CHAN, c, CC_CHANNEL_FAULTED);
+    cc_status st = cc_channel_fault(g_chans[c].c);
+    pop_frame();
+    EXPECT_ST("cc_channel_fault", st, want);
+}
+
+static void do_channel_close(int c)
+{
+    trace("cc_channel_close(chan%d)", c);
+    if (c < 0) {
+        EXPECT_ST("cc_channel_close(NULL)", cc_channel_close(NULL), CC_E_INVALID_ARG);
+        return;
+    }
+    EXPECT_ST("cc_channel_close", cc_channel_close(g_chans[c].c), CC_OK);
+    g_chans[c].c = NULL;
+    g_hosts[g_chans[c].host].channels_open--;
+}
+
+/* -------------------------------------------------- operation calls */
+
+static int alloc_op(void)
+{
+    for (int i = 0; i < MAXOP; i++)
+        if (!g_ops[i].used)
+            return i;
+    return -1;
+}
+
+static cc_status admission(int c)
+{
+    int cs = g_chans[c].state, hs = g_hosts[g_chans[c].host].state;
+    if (cs == CC_CHANNEL_STATE_FAULTED || hs == CC_HOST_STATE_FAULTED)
+        return CC_E_OBJECT_FAULTED;
+    if (cs != CC_CHANNEL_STATE_OPEN || hs != CC_HOST_STATE_OPEN)
+        return CC_E_INVALID_OPERATION;
+    return CC_OK;
+}
+
+static int new_op(int c)
+{
+    int x = alloc_op();
+    mop *o = &g_ops[x];
+    memset(o, 0, sizeof *o);
+    o->used = true;
+    o->host = g_chans[c].host;
+    o->ch = c;
+    o->reg = -1;
+    o->reason = CC_NOT_CANCELED;
+    g_chans[c].nops++;
+    g_hosts[o->host].begun++;
+    return x;
+}
+
+static void do_begin(int c, bool null_out)
+{
+    cc_status want = c < 0 || null_out ? CC_E_INVALID_ARG : admission(c);
+    int x = -1;
+    unsigned fired = 0;
+    if (want == CC_OK) {
+        if (alloc_op() < 0)
+            return;
+        fired = m_visit(g_chans[c].host, CC_FAULT_AT_BEGIN);
+        if (fired & F_NOMEM)
+            want = CC_E_NOMEM; /* the visit's other faults are dropped */
+        else
+            x = new_op(c);
+    }
+    trace("cc_op_begin(chan%d%s) -> op%d", c, null_out ? ", NULL" : "", x);
+    frame *f = push_frame("cc_op_begin", -1);
+    if (x >= 0)
+        add_fault_phases(f, fired, c, g_chans[c].host);
+    cc_op *op = NULL;
+    cc_status st = cc_op_begin(chan_ptr(c), null_out ? NULL : &op);
+    if (x >= 0 && st == CC_OK) {
+        g_ops[x].h = op;
+        g_ops[x].known = true;
+    }
+    pop_frame();
+    EXPECT_ST("cc_op_begin", st, want);
+    if (x >= 0)
+        EXPECT(op, "cc_op_begin returned CC_OK and no operation");
+}
+
+static int decode_reg(bool *cancel_null)
+{
+    unsigned fl = u8();
+    act a0 = {(uint8_t)(u8() % A_COUNT), (uint8_t)u8()};
+    act a1 = {(uint8_t)(u8() % A_COUNT), (uint8_t)u8()};
+    act fa = {(uint8_t)(u8() % A_COUNT), (uint8_t)u8()};
+    if (cancel_null)
+        *cancel_null = (fl & 0x30) == 0x30;
+    if (g_nregs >= MAXREG)
+        return -1;
+    reg_t *r = &g_regs[g_nregs];
+    memset(r, 0, sizeof *r);
+    r->op = -1;
+    r->state = REG_PENDING;
+    r->has_free = fl & 1;
+    r->depth = g_nctx;
+    r->cancel_act[0] = (fl & 2) ? (act){A_END_SELF, 0} : a0;
+    r->cancel_act[1] = a1;
+    r->free_act = fa;
+    return g_nregs++;
+}
+
+static void do_begin_wc(int c, unsigned b, int r)
+{
+    bool cancel_null = (b & 0x30) == 0x30, status_null = (b & 0x40) != 0;
+    cc_status want = c < 0 || cancel_null ? CC_E_INVALID_ARG : admission(c);
+    int x = -1;
+    unsigned fired = 0;
+    if (want == CC_OK) {
+        if (alloc_op() < 0 || r < 0)
+            return;
+        fired = m_visit(g_chans[c].host, CC_FAULT_AT_BEGIN);
+        if (fired & F_NOMEM)
+            want = CC_E_NOMEM;
+        else
+            x = new_op(c);
+    }
+    if (r >= 0) {
+        g_regs[r].op = x;
+        if (x < 0)
+            g_regs[r].state = REG_FAILED;
+    }
+    trace("cc_op_begin_with_cancel(chan%d, reg %d%s%s) -> op%d", c, r,
+          cancel_null ? ", cancel NULL" : "", status_null ? ", status NULL" : "", x);
+    frame *f = push_frame("cc_op_begin_with_cancel", -1);
+    if (x >= 0) {
+        add_fault_phases(f, fired, c, g_chans[c].host);
+        add_phase(f, PH_G3, x, CC_NOT_CANCELED); /* the binding's registration: no visit */
+        f->reg = r;
+    }
+    cc_status st = (cc_status)99;
+    void *state = r >= 0 ? (void *)&g_regs[r] : NULL;
+    cc_op *op = cc_op_begin_with_cancel(chan_ptr(c), cancel_null ? NULL : cancel_cb,
+                                        r >= 0 && g_regs[r].has_free ? free_cb : NULL, state,
+                                        status_null ? NULL : &st);
+    if (x >= 0 && op) {
+        g_ops[x].h = op;
+        g_ops[x].known = true;
+    }
+    pop_frame();
+    if (!status_null)
+        EXPECT_ST("cc_op_begin_with_cancel", st, want);
+    EXPECT((op != NULL) == (want == CC_OK), "cc_op_begin_with_cancel returned %p, wanted %s",
+           (void *)op, cc_status_str(want));
+}
+
+static void do_register(tgt t, int r, bool cancel_null)
+{
+    cc_status want;
+    int x = t.kind == T_REC ? t.idx : -1;
+    bool proceeds = false;
+    unsigned fired = 0;
+    if (t.kind == T_NULL || cancel_null)
+        want = CC_E_INVALID_ARG;
+    else if (!live(t) || g_ops[x].end_begun)
+        want = CC_E_INVALID_OPERATION; /* G10 */
+    else if (g_ops[x].reg_in_progress || g_ops[x].armed)
+        want = CC_E_INVALID_OPERATION; /* G2 */
+    else {
+        fired = m_visit(g_ops[x].host, CC_FAULT_AT_REGISTER);
+        want = fired & F_NOMEM ? CC_E_NOMEM : CC_OK;
+        proceeds = want == CC_OK;
+    }
+    if (r >= 0) {
+        g_regs[r].op = x;
+        if (!proceeds)
+            g_regs[r].state = REG_FAILED;
+    }
+    trace("cc_op_register_cancel(%s, reg %d%s)", tname(t), r, cancel_null ? ", cancel NULL" : "");
+    frame *f = push_frame("cc_op_register_cancel", -1);
+    if (proceeds) {
+        g_ops[x].reg_in_progress = true;
+        add_fault_phases(f, fired, g_ops[x].ch, g_ops[x].host);
+        add_phase(f, PH_G3, x, CC_NOT_CANCELED);
+        f->reg = r;
+    }
+    cc_status st = cc_op_register_cancel(t.h, cancel_null ? NULL : cancel_cb,
+                                         r >= 0 && g_regs[r].has_free ? free_cb : NULL,
+                                         r >= 0 ? (void *)&g_regs[r] : NULL);
+    pop_frame();
+    if (proceeds)
+        want = f->g3_status;
+    EXPECT_ST("cc_op_register_cancel", st, want);
+}
+
+static void do_visit(tgt t)
+{
+    cc_status want;
+    bool proceeds = false;
+    unsigned fired = 0;
+    if (t.kind == T_NULL)
+        want = CC_E_INVALID_ARG;
+    else if (!live(t))
+        want = CC_E_INVALID_OPERATION;
+    else {
+        fired = m_visit(g_ops[t.idx].host, CC_FAULT_AT_REGISTER);
+        want = fired & F_NOMEM ? CC_E_NOMEM : CC_OK;
+        proceeds = want == CC_OK;
+    }
+    trace("cc_op_visit_register_faults(%s)", tname(t));
+    frame *f = push_frame("cc_op_visit_register_faults", -1);
+    if (proceeds)
+        add_fault_phases(f, fired, g_ops[t.idx].ch, g_ops[t.idx].host);
+    cc_status st = cc_op_visit_register_faults(t.h);
+    pop_frame();
+    EXPECT_ST("cc_op_visit_register_faults", st, want);
+}
+
+static void check_reads(tgt t, const char *where)
+{
+    int want_is;
+    cc_reason want_r;
+    if (!live(t)) {
+        want_is = CC_E_INVALID_OPERATION;
+        want_r = CC_REASON_INVALID;
+    } else {
+        mop *o = &g_ops[t.idx];
+        want_is = o->canceled;
+        want_r = o->canceled ? o->reason : CC_NOT_CANCELED;
+    }
+    int got_is = cc_op_is_canceled(t.h);
+    cc_reason got_r = cc_op_reason(t.h);
+    const char *hint = "";
+    if (t.kind == T_REC && g_ops[t.idx].endpoint_cb && !TOLERATE(KB_END_CB_STALE))
+        hint = " [known bug end_cb_stale]";
+    EXPECT(got_is == want_is, "cc_op_is_canceled(%s) %s returned %d, the contract says %d "
+           "(G10/G6)%s", tname(t), where, got_is, want_is, hint);
+    EXPECT(got_r == want_r, "cc_op_reason(%s) %s returned %d, the contract says %d (G6/G10)%s",
+           tname(t), where, got_r, want_r, hint);
+}
+
+/* A deferred end: the current core makes no CC_FAULT_AT_END visit for it.
+ * Checked strictly, the model counts the visit, so the fault counts differ
+ * at the next check if the core skipped one that fires. */
+static void deferred_end_visit(int x)
+{
+    if (!TOLERATE(KB_DEFERRED_END_VISIT))
+        (void)m_visit(g_ops[x].host, CC_FAULT_AT_END);
+}
+
+static void do_end(tgt t)
+{
+    trace("cc_op_end(%s)", tname(t));
+    if (t.kind == T_NULL) {
+        EXPECT_ST("cc_op_end(NULL)", cc_op_end(NULL), CC_E_INVALID_ARG);
+        return;
+    }
+    int x = t.idx;
+    mop *o = t.kind == T_REC ? &g_ops[x] : NULL;
+    if (!o || o->released || o->end_begun) {
+        EXPECT_ST("cc_op_end of an ended operation", cc_op_end(t.h), CC_E_INVALID_OPERATION);
+        return;
+    }
+    frame *f = push_frame("cc_op_end", x);
+    bool normal = false, overtake = false;
+    o->end_begun = true;
+    if (o->reg_in_progress) {
+        /* Ended from a callback run during its own registration: deferred,
+         * the registration fails and finishes it (PH_G3). */
+        deferred_end_visit(x);
+    } else if (o->claimed && !o->invoked && !o->overtaken) {
+        /* A fan-out claimed its callback but has not started it: the end
+         * overtakes it, the callback never runs (G5), free-state runs now. */
+        overtake = true;
+        o->overtaken = true;
+        o->release_pending = true;
+        o->pend_frame = o->claim_frame;
+        deferred_end_visit(x);
+    } else if (o->cb_active) {
+        /* From inside its own cancel callback: free-state after it returns. */
+        o->release_pending = true;
+        o->pend_frame = o->claim_frame;
+        deferred_end_visit(x);
+    } else {
+        normal = true;
+        f->is_end = true;
+        unsigned fired = m_visit(o->host, CC_FAULT_AT_END);
+        if (fired) {
+            add_fault_phases(f, fired, o->ch, o->host);
+            add_phase(f, PH_ENDCANCEL, x, fired & F_CHAN ? CC_CHANNEL_FAULTED : CC_HOST_ABORT);
+        }
+        o->release_pending = true;
+        o->pend_frame = f->serial;
+    }
+    cc_status st = cc_op_end(t.h);
+    pop_frame();
+    EXPECT_ST("cc_op_end", st, CC_OK);
+    if (normal || overtake) {
+        int want = o->armed && g_regs[o->reg].has_free;
+        EXPECT(o->free_runs == want, "cc_op_end(op%d) returned; free-state ran %d times, the "
+               "contract says %d (G4)", x, o->free_runs, want);
+    }
+}
+
+/* ----------------------------------------------------- callback actions */
+
+static void run_action(act a, int self, bool in_cancel)
+{
+    if (!g_ops[self].known)
+        switch (a.kind) { /* cc_op_begin_with_cancel has not returned it yet */
+        case A_END_SELF: case A_READ_SELF: case A_REG_SELF: case A_VISIT_SELF:
+        case A_END_SELF_TWICE:
+            return;
+        }
+    if (a.kind == A_END_SELF) { /* always: hosts being closed count on it */
+        do_end(rec_tgt(self));
+        return;
+    }
+    if (g_cleanup || g_nctx > MAXDEPTH)
+        return;
+    mop *o = &g_ops[self];
+    switch (a.kind) {
+    case A_NONE:
+        break;
+    case A_END_OTHER: {
+        tgt t = pick_op(a.arg);
+        if (t.kind >= 0)
+            do_end(t);
+        break;
+    }
+    case A_FAULT_OWN:
+        if (g_chans[o->ch].c)
+            do_channel_fault(o->ch);
+        break;
+    case A_FAULT_CH:
+        do_channel_fault(pick_chan(a.arg));
+        break;
+    case A_ABORT_OWN:
+        do_abort(o->host);
+        break;
+    case A_ABORT_HOST:
+        do_abort(pick_host(a.arg));
+        break;
+    case A_REG_OTHER: {
+        tgt t = pick_op(a.arg);
+        bool cancel_null = false;
+        int r = decode_reg(&cancel_null);
+        if (t.kind >= 0 && r >= 0)
+            do_register(t, r, cancel_null);
+        break;
+    }
+    case A_BEGIN:
+        do_begin(pick_chan(a.arg), false);
+        break;
+    case A_BEGIN_WC: {
+        int r = decode_reg(NULL);
+        do_begin_wc(pick_chan(a.arg), a.arg & 0x40, r);
+        break;
+    }
+    case A_READ_OTHER: {
+        tgt t = pick_op(a.arg);
+        if (t.kind >= 0)
+            check_reads(t, "inside a callback");
+        break;
+    }
+    case A_READ_SELF:
+        check_reads(rec_tgt(self), in_cancel ? "inside its own cancel callback"
+                                              : "inside its own free-state");
+        break;
+    case A_REG_SELF: {
+        int r = decode_reg(NULL);
+        if (r >= 0)
+            do_register(rec_tgt(self), r, false);
+        break;
+    }
+    case A_CLOSE_OWN:
+        do_close(o->host, a.arg, false); /* refused: it would wait for itself */
+        break;
+    case A_CLOSE_HOST:
+        do_close(pick_host(a.arg), a.arg, false);
+        break;
+    case A_REPORT:
+        do_report(pick_host(a.arg));
+        break;
+    case A_STATS: {
+        int h = pick_host(a.arg);
+        cc_stats s;
+        if (h >= 0)
+            EXPECT_ST("cc_host_get_stats", cc_host_get_stats(g_hosts[h].h, &s), CC_OK);
+        break;
+    }
+    case A_VISIT: {
+        tgt t = pick_op(a.arg);
+        if (t.kind >= 0)
+            do_visit(t);
+        break;
+    }
+    case A_VISIT_SELF:
+        do_visit(rec_tgt(self));
+        break;
+    case A_END_SELF_TWICE:
+        do_end(rec_tgt(self));
+        do_end(rec_tgt(self));
+        break;
+    case A_CLOSE_OWN_CH: /* the op goes on on a closed handle's channel */
+        if (g_chans[o->ch].c)
+            do_channel_close(o->ch);
+        break;
+    case A_CLOSE_CH: {
+        int c = pick_chan(a.arg);
+        if (c >= 0)
+            do_channel_close(c);
+        break;
+    }
+    case A_OPEN_HOST:
+        do_open(pick_host(a.arg));
+        break;
+    case A_RESET_HOST:
+        do_reset(pick_host(a.arg));
+        break;
+    }
+}
+
+/* ------------------------------------------------------------ checks */
+
+static void null_battery(void)
+{
+    trace("NULL handles everywhere");
+    cc_stats s;
+    cc_status st = CC_OK;
+    EXPECT_ST("cc_host_open(NULL)", cc_host_open(NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_close(NULL)", cc_host_close(NULL, -1), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_abort(NULL)", cc_host_abort(NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_reset(NULL)", cc_host_reset(NULL), CC_E_INVALID_ARG);
+    cc_host_free(NULL);
+    EXPECT(cc_host_state(NULL) == CC_HOST_STATE_INVALID, "cc_host_state(NULL)");
+    EXPECT_ST("cc_host_set_close_timeout(NULL)", cc_host_set_close_timeout(NULL, 1), CC_E_INVALID_ARG);
+    EXPECT(cc_host_close_timeout(NULL) == -1, "cc_host_close_timeout(NULL)");
+    EXPECT_ST("cc_channel_open(NULL)", cc_channel_open(NULL, NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_channel_fault(NULL)", cc_channel_fault(NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_channel_close(NULL)", cc_channel_close(NULL), CC_E_INVALID_ARG);
+    EXPECT(cc_channel_state(NULL) == CC_CHANNEL_STATE_INVALID, "cc_channel_state(NULL)");
+    EXPECT_ST("cc_op_begin(NULL)", cc_op_begin(NULL, NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_op_register_cancel(NULL)", cc_op_register_cancel(NULL, cancel_cb, NULL, NULL),
+              CC_E_INVALID_ARG);
+    EXPECT(cc_op_begin_with_cancel(NULL, cancel_cb, NULL, NULL, &st) == NULL,
+           "cc_op_begin_with_cancel(NULL) returned an operation");
+    EXPECT_ST("cc_op_begin_with_cancel(NULL)", st, CC_E_INVALID_ARG);
+    EXPECT_ST("cc_op_visit_register_faults(NULL)", cc_op_visit_register_faults(NULL), CC_E_INVALID_ARG);
+    EXPECT(cc_op_is_canceled(NULL) == CC_E_INVALID_OPERATION, "cc_op_is_canceled(NULL)");
+    EXPECT(cc_op_reason(NULL) == CC_REASON_INVALID, "cc_op_reason(NULL)");
+    EXPECT_ST("cc_op_end(NULL)", cc_op_end(NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_get_stats(NULL)", cc_host_get_stats(NULL, &s), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_report_callback_error(NULL)", cc_host_report_callback_error(NULL), CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_fault_add(NULL)", cc_host_fault_add(NULL, CC_FAULT_AT_BEGIN, CC_FAULT_CHANNEL, 1, 0),
+              CC_E_INVALID_ARG);
+    EXPECT_ST("cc_host_fault_reset(NULL)", cc_host_fault_reset(NULL, 1), CC_E_INVALID_ARG);
+    EXPECT(cc_host_fault_count(NULL) == 0, "cc_host_fault_count(NULL)");
+    for (int i = 0; i < MAXH; i++)
+        if (g_hosts[i].used) {
+            EXPECT_ST("cc_host_get_stats(host, NULL)", cc_host_get_stats(g_hosts[i].h, NULL),
+                      CC_E_INVALID_ARG);
+            break;
+        }
+    static const cc_status all[] = {CC_OK, CC_E_INVALID_ARG, CC_E_INVALID_OPERATION,
+                                    CC_E_OBJECT_FAULTED, CC_E_OPERATION_ABORTED, CC_E_NOMEM,
+                                    CC_E_TIMEOUT};
+    static const char *const names[] = {"CC_OK", "CC_E_INVALID_ARG", "CC_E_INVALID_OPERATION",
+                                        "CC_E_OBJECT_FAULTED", "CC_E_OPERATION_ABORTED",
+                                        "CC_E_NOMEM", "CC_E_TIMEOUT"};
+    for (int i = 0; i < 7; i++)
+        EXPECT(strcmp(cc_status_str(all[i]), names[i]) == 0, "cc_status_str(%d)", all[i]);
+    EXPECT(strcmp(cc_status_str((cc_status)-99), "CC_E_UNKNOWN") == 0, "cc_status_str(-99)");
+}
+
+/* After every top-level call: the library agrees with the model. */
+static void check_all(void)
+{
+    EXPECT(g_nframes == 0 && g_nctx == 0, "harness: frames left open");
+    for (int h = 0; h < MAXH; h++) {
+        mhost *H = &g_hosts[h];
+        if (!H->used)
+            continue;
+        int s = cc_host_state(H->h);
+        EXPECT(s == H->state, "host%d is in state %d, the model says %d (G12)", h, s, H->state);
+        check_stats(h);
+        uint64_t n = cc_host_fault_count(H->h);
+        EXPECT(n == H->injected, "host%d's fault plan injected %llu faults, the model counts %llu%s",
+               h, (unsigned long long)n, (unsigned long long)H->injected,
+               TOLERATE(KB_DEFERRED_END_VISIT) ? ""
+                   : " [known bug deferred_end_visit: a deferred end skipped its CC_FAULT_AT_END visit?]");
+        EXPECT(cc_host_close_timeout(H->h) == H->close_timeout, "host%d close timeout", h);
+    }
+    for (int c = 0; c < MAXCH; c++) {
+        mchan *C = &g_chans[c];
+        if (C->used && C->c) {
+            int s = cc_channel_state(C->c);
+            EXPECT(s == C->state, "chan%d is in state %d, the model says %d (G9/G12)", c, s, C->state);
+        }
+    }
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (!o->used)
+            continue;
+        EXPECT(!o->release_pending && !o->reg_in_progress, "harness: op%d left half-ended", x);
+        EXPECT(o->cancel_runs <= 1, "op%d's cancel callback ran %d times (G1)", x, o->cancel_runs);
+        if (o->released) {
+            int want = o->armed && g_regs[o->reg].has_free;
+            EXPECT(o->free_runs == want, "op%d ended; its free-state ran %d times, the contract "
+                   "says %d (G4)", x, o->free_runs, want);
+        } else {
+            EXPECT(o->free_runs == 0, "op%d's free-state ran before it ended (G4)", x);
+            EXPECT(!(o->armed && o->canceled) || o->cancel_runs == 1,
+                   "op%d is canceled and registered, but its callback ran %d times (G1/G3)", x,
+                   o->cancel_runs);
+            check_reads(rec_tgt(x), "between calls");
+        }
+    }
+    for (int i = 0; i < g_nregs; i++)
+        if (g_regs[i].state == REG_FAILED)
+            EXPECT(g_regs[i].cancel_runs == 0 && g_regs[i].free_runs == 0,
+                   "a failed registration's callbacks ran (G2/G4)");
+    unsigned n = g_nstale < MAXSTALE ? g_nstale : MAXSTALE;
+    for (unsigned i = 0; i < n; i++)
+        check_reads((tgt){T_STALE, -1, g_stale[i]}, "on a stale handle");
+}
+
+/* Forget what has ended, so its records can be reused. */
+static void sweep(void)
+{
+    for (int x = 0; x < MAXOP; x++)
+        if (g_ops[x].used && g_ops[x].released)
+            g_ops[x].used = false;
+    for (int c = 0; c < MAXCH; c++)
+        if (g_chans[c].used && !g_chans[c].c && g_chans[c].nops == 0)
+            g_chans[c].used = false;
+}
+
+/* -------------------------------------------------------- the driver */
+
+static void step(void)
+{
+    unsigned opc = u8() % 24;
+    switch (opc) {
+    case 0:
+        do_create(u8());
+        break;
+    case 1:
+        do_open(pick_host(u8()));
+        break;
+    case 2: {
+        int h = pick_host(u8());
+        do_close(h, u8(), true);
+        break;
+    }
+    case 3:
+        do_abort(pick_host(u8()));
+        break;
+    case 4:
+        do_reset(pick_host(u8()));
+        break;
+    case 5:
+        do_free(pick_host(u8()));
+        break;
+    case 6: {
+        int h = pick_host(u8());
+        do_set_timeout(h, u8());
+        break;
+    }
+    case 7: {
+        int h = pick_host(u8());
+        do_channel_open(h, u8());
+        break;
+    }
+    case 8:
+        do_channel_fault(pick_chan(u8()));
+        break;
+    case 9:
+        do_channel_close(pick_chan(u8()));
+        break;
+    case 10:
+    case 20: {
+        unsigned b = u8();
+        do_begin(pick_chan(b), (b & 0xc0) == 0xc0);
+        break;
+    }
+    case 11: {
+        unsigned b = u8();
+        int r = decode_reg(NULL);
+        do_begin_wc(pick_chan(b), b, r);
+        break;
+    }
+    case 12:
+    case 21: {
+        tgt t = pick_op(u8());
+        bool cancel_null = false;
+        int r = decode_reg(&cancel_null);
+        if (t.kind >= 0 && r >= 0)
+            do_register(t, r, cancel_null);
+        break;
+    }
+    case 13: {
+        tgt t = pick_op(u8());
+        if (t.kind >= 0)
+            do_visit(t);
+        break;
+    }
+    case 14:
+    case 22: {
+        tgt t = pick_op(u8());
+        if (t.kind >= 0)
+            do_end(t);
+        break;
+    }
+    case 15: {
+        tgt t = pick_op(u8());
+        if (t.kind >= 0)
+            check_reads(t, "between calls");
+        break;
+    }
+    case 16: {
+        int h = pick_host(u8());
+        unsigned b1 = u8(), b2 = u8(), b3 = u8();
+        do_fault_add(h, b1, b2, b3);
+        break;
+    }
+    case 17: {
+        int h = pick_host(u8());
+        do_fault_reset(h, u8());
+        break;
+    }
+    case 18: {
+        int h = pick_host(u8());
+        if (h >= 0)
+            check_stats(h);
+        break;
+    }
+    case 19:
+        do_report(pick_host(u8()));
+        break;
+    case 23:
+        null_battery();
+        break;
+    }
+}
+
+static void between_calls(void);
+
+static void cleanup(void)
+{
+    g_cleanup = true;
+    for (int round = 0; round < 100; round++) {
+        int x;
+        for (x = 0; x < MAXOP; x++)
+            if (g_ops[x].used && g_ops[x].known && !g_ops[x].released && !g_ops[x].end_begun)
+                break;
+        if (x == MAXOP)
+            break;
+        do_end(rec_tgt(x));
+        between_calls();
+    }
+    for (int h = 0; h < MAXH; h++)
+        if (g_hosts[h].used) {
+            EXPECT(host_inflight(h) == 0, "harness: op left in flight at cleanup");
+            do_free(h);
+        }
+    g_cleanup = false;
+}
+
+
+static void count_from_model(void)
+{
+    for (int h = 0; h < MAXH; h++) {
+        g_hosts[h].c_abort = g_swept_abort[h];
+        g_hosts[h].c_fault = g_swept_fault[h];
+    }
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (o->used && o->cancel_runs) {
+            if (o->reason == CC_HOST_ABORT)
+                g_hosts[o->host].c_abort++;
+            else
+                g_hosts[o->host].c_fault++;
+        }
+    }
+}
+
+static void sweep_counts(void)
+{
+    for (int x = 0; x < MAXOP; x++) {
+        mop *o = &g_ops[x];
+        if (o->used && o->released && o->cancel_runs) {
+            if (o->reason == CC_HOST_ABORT)
+                g_swept_abort[o->host]++;
+            else
+                g_swept_fault[o->host]++;
+        }
+    }
+}
+
+static void between_calls(void)
+{
+    count_from_model();
+    check_all();
+    sweep_counts();
+    sweep();
+}
+
+static void parse_env(void)
+{
+    const char *s = getenv("CC_FUZZ_STRICT");
+    if (s)
+        for (int k = 0; k < NKB; k++)
+            if (strstr(s, "all") || strstr(s, g_kb[k].name))
+                g_kb[k].tolerate = false;
+    const char *t = getenv("CC_FUZZ_TRACE");
+    g_trace_live = t && *t && strcmp(t, "0") != 0;
+}
+
+/* Checks that the model's copy of the plan's probability draw still matches
+ * the core's; if not, probability rules are made certain (p = 1). */
+static void calibrate(void)
+{
+    cc_host *h = NULL;
+    cc_channel *c = NULL;
+    if (cc_host_create(&h) != CC_OK || cc_host_open(h) != CC_OK || cc_channel_open(h, &c) != CC_OK
+        || cc_host_fault_reset(h, 12345) != CC_OK
+        || cc_host_fault_add(h, CC_FAULT_AT_BEGIN, CC_FAULT_NOMEM, 0, 0.5) != CC_OK) {
+        fprintf(stderr, "cancelcore fuzz: calibration set-up failed\n");
+        abort();
+    }
+    for (uint64_t k = 1; k <= 64; k++) {
+        cc_op *op = NULL;
+        cc_status st = cc_op_begin(c, &op);
+        if (st == CC_OK)
+            (void)cc_op_end(op);
+        if ((st == CC_E_NOMEM) != prob_fire(12345, 0, k, 0.5)) {
+            g_prob_exact = false;
+            fprintf(stderr, "cancelcore fuzz: the fault plan's probability draw changed; "
+                            "probability rules are replaced by p = 1\n");
+            break;
+        }
+    }
+    cc_host_free(h);
+}
+
+static void reset_model(void)
+{
+    memset(g_hosts, 0, sizeof g_hosts);
+    memset(g_chans, 0, sizeof g_chans);
+    memset(g_ops, 0, sizeof g_ops);
+    memset(g_swept_abort, 0, sizeof g_swept_abort);
+    memset(g_swept_fault, 0, sizeof g_swept_fault);
+    g_nstale = 0;
+    g_nregs = 0;
+    g_nframes = 0;
+    g_nctx = 0;
+    g_ntrace = 0;
+    g_cleanup = false;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static bool inited;
+    if (!inited) {
+        inited = true;
+        parse_env();
+        calibrate();
+    }
+    reset_model();
+    g_in = data;
+    g_len = size;
+    g_pos = 0;
+    for (int n = 0; more() && n < MAXSTEPS; n++) {
+        step();
+        between_calls();
+    }
+    cleanup();
+    for (int h = 0; h < MAXH; h++)
+        EXPECT(!g_hosts[h].used, "harness: host left after cleanup");
+    return 0;
+}
