@@ -634,7 +634,7 @@ def build_shapes(quick: bool) -> list[Shape]:
         Shape(f"abort fan-out, {fan_n:,} ops", fan_n, fan_reps,
               {"cc": cc_fanout, "reg": reg_fanout, "futs": asyncio_fanout_futures,
                "tasks": asyncio_fanout_tasks},
-              [Row("3 abort fan-out", "ns/op", "cc", "reg", 1.5),
+              [Row("3 abort fan-out", "ns/op", "cc", "reg", 1.0),
                Row("3 ... vs cancel N futures", "ns/op", "cc", "futs"),
                Row("3 ... vs cancel N tasks", "ns/op", "cc", "tasks")]),
         Shape("begin + register + end, 2 threads", cycles // 2, reps,

@@ -244,9 +244,14 @@ class Binding:
                             stage = 2
                             if what & _RUN_USER:
                                 key = values[i + 1]
-                                reg = _arming.get(key)
-                                if reg is None and ctx is not None:
-                                    reg = ctx._reg
+                                reg = ctx._reg if ctx is not None else None
+                                if reg is None or id(reg) != key:
+                                    # Not on the context yet: in the arming
+                                    # table, unless filed since (it is
+                                    # filed before it leaves the table).
+                                    reg = _arming.get(key)
+                                    if reg is None and ctx is not None:
+                                        reg = ctx._reg
                                 if reg is not None and id(reg) == key:
                                     try:
                                         reg[0](reason, reg[2])
