@@ -397,6 +397,44 @@ def test_otel_does_not_keep_its_host() -> None:
         provider.shutdown()
 
 
+def test_otel_prometheus_exporter_gives_the_prometheus_names(ran: ServiceHost) -> None:
+    """OpenTelemetry's own Prometheus exporter turns the instruments into
+    the names and types PrometheusCollector uses (the latency aside: three
+    counters there), with the same values."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    ours = CollectorRegistry()
+    ours.register(PrometheusCollector(ran, name="api"))
+    expected = {
+        (s.name, s.labels.get("host"), s.labels.get("reason"), f.type): s.value
+        for f in text_string_to_metric_families(generate_latest(ours).decode())
+        if f.type != "histogram"
+        for s in f.samples
+    }
+    reader = PrometheusMetricReader()  # registers with prometheus_client's REGISTRY
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        instrument(ran, provider.get_meter("test"), name="api")
+        text = generate_latest(prometheus_client.REGISTRY).decode()
+    finally:
+        provider.shutdown()
+    theirs = {
+        (s.name, s.labels.get("host"), s.labels.get("reason"), f.type): s.value
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("cancelcore_") and not f.name.startswith("cancelcore_cancel_latency")
+        for s in f.samples
+    }
+    assert theirs == expected
+    assert len(expected) == 7
+    latency = {
+        s.labels.get("le"): s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "cancelcore_cancel_latency_bucket"
+        for s in f.samples
+    }
+    assert latency["+Inf"] == FAULTED + ABORTED and len(latency) == 16
+
+
 # ---------------------------------------------------------------- arguments
 
 
