@@ -100,8 +100,8 @@ bench-c:
 	$(BUILD)/bench/cc_bench
 
 demo: venv
-	$(VENV)/bin/python -m cancelcore demo
-	$(VENV)/bin/python -m cancelcore serve-demo
+	$(VENV)/bin/python examples/service_demo.py
+	$(VENV)/bin/python examples/server_demo.py
 
 demo-c:
 	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF
