@@ -44,11 +44,14 @@ from itertools import repeat
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# support/: the measurement helpers shared with the tests and the examples.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
 
 import cffi  # noqa: E402
 
 import cancelcore  # noqa: E402
 from cancelcore import CancelReason, ServiceHost  # noqa: E402
+from measure import cpu_model  # noqa: E402
 from py_anchors import HOST_ABORT, Registry  # noqa: E402
 
 _now = time.perf_counter_ns
@@ -600,17 +603,6 @@ def run_shape(shape: Shape, progress: bool) -> None:
             key = keys[(r + k) % len(keys)]
             gc.collect()
             shape.samples[key].append(shape.models[key](shape.n))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_shapes(quick: bool) -> list[Shape]:
