@@ -88,8 +88,14 @@ test-c-tsan:
 
 bench: bench-c bench-py bench-asgi
 
+# Also builds the cffi module twice more, against the limited API (as in the
+# wheel) and the full API, for shape 6: what the stable ABI costs.
 bench-py: venv
-	$(VENV)/bin/python bench/bench_python.py
+	$(CMAKE) -S . -B $(BUILD)/pybench -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF \
+	  -DCC_BUILD_BENCH=OFF -DCC_BUILD_EXAMPLES=OFF -DCC_BUILD_PY_ABI_BENCH=ON \
+	  -DPython_EXECUTABLE=$(abspath $(VENV))/bin/python
+	$(CMAKE) --build $(BUILD)/pybench -j $(JOBS) --target _cc_bench_limited _cc_bench_full
+	$(VENV)/bin/python bench/bench_python.py --abi-modules $(BUILD)/pybench
 
 bench-asgi: venv
 	$(VENV)/bin/python bench/bench_asgi.py
