@@ -56,6 +56,7 @@ venv-oldest:
 test-py: venv
 	@echo "== Python suites on the newest interpreter: $$($(VENV)/bin/python -V) ($(PY_NEWEST)), wheel $$(cd $(WHEELS) && ls cancelcore-*.whl)"
 	$(VENV)/bin/python -m mypy --strict python/cancelcore
+	MYPYPATH=support $(VENV)/bin/python -m mypy --strict examples/service_demo.py examples/server_demo.py
 	$(VENV)/bin/python -m pytest -q tests
 	$(VENV)/bin/python tests/leak/valgrind_check.py $(VENV)/bin/python
 	@if [ "$$(realpath $(PY_OLDEST))" = "$$(realpath $(PY_NEWEST))" ]; then \
