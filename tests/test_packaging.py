@@ -110,3 +110,16 @@ def test_main_rejects_other_arguments(args: list[str]) -> None:
     assert out.returncode == 2
     assert out.stdout == ""
     assert "usage: python -m cancelcore" in out.stderr
+
+
+def test_interpreter_finder_finds_this_interpreter() -> None:
+    """make test picks the oldest and newest CPython with support/interpreters.py
+    (on sys.path via conftest); whichever of them runs this suite must be
+    among those it finds, and nothing below the wheel's 3.9."""
+    import interpreters
+
+    found = interpreters.supported()
+    assert found and min(found) >= (3, 9)
+    version, path = found[sys.version_info[:2]]
+    assert version[:2] == sys.version_info[:2]
+    assert os.path.isfile(path)
