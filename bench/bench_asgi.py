@@ -56,8 +56,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-from bench_python import cpu_model  # this folder is on sys.path when run as a script
-from cancelcore._server_demo import percentile
+# support/: the measurement helpers shared with the tests and the examples.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
+from measure import cpu_model, percentile  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0

@@ -17,7 +17,6 @@ what each request's callbacks saw.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import socket
 import struct
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterable, Optional
 import uvicorn
 
 from cancelcore import CancelReason, current_operation
+from measure import percentile  # support/ (on sys.path via conftest): shared with bench/, examples/
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -386,12 +386,3 @@ def read_until_count(s: socket.socket, marker: bytes, count: int, timeout: float
             raise ConnectionError(f"closed after {data.count(marker)} of {count} {marker!r}")
         data += chunk
     return data
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100])."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), math.ceil(q / 100.0 * len(ordered))))
-    return ordered[rank - 1]
