@@ -1,0 +1,679 @@
+"""gRPC: client cancels, deadlines and server stops as call cancellation.
+
+``CancellationInterceptor`` (for ``grpc.server``) and
+``AioCancellationInterceptor`` (for ``grpc.aio.server``) run every RPC --
+unary or streaming requests and responses, sync or async handlers -- as an
+operation on a channel of its own, so:
+
+- the client cancelling the call, or its deadline expiring, faults that
+  RPC's channel: its cancel callbacks fire once with ``CHANNEL_FAULTED``
+  and an async handler's task is cancelled;
+- an RPC that completes fires no cancel, and its free-state callback runs
+  once, after the handler (or its response generator) has finished;
+- ``.stop(server, grace)`` closes the host with ``grace`` as its close
+  timeout, then stops the server: in-flight RPCs get ``grace`` seconds,
+  then ``HOST_ABORT``, before gRPC would cancel them itself; a client whose
+  RPC was cut by that abort receives ``UNAVAILABLE``.
+
+Inside the servicer method (and a streaming response generator)
+``cancelcore.current_operation()`` is the RPC's context.  The handler's own
+``register_for_cancel`` is never used by the adapter (G2).
+
+What grpcio does without this (1.85): the sync server's
+``context.add_callback`` fires on every termination, normal completion
+included, on the one poller thread all RPCs share; ``server.stop(grace)``
+cannot be told apart from a client cancel; the aio server has no
+``add_callback`` and its sync handlers get no notice at all; a task it
+cancels is answered with no status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import queue
+import threading
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _adapters
+from ._dispatch import call_soon
+from ._enums import CancelReason, HostState
+from ._errors import CancelCoreError, OperationCanceledError
+from ._host import Channel, ServiceHost
+from ._operation import OperationContext, _current
+
+__all__ = ["AioCancellationInterceptor", "CancellationInterceptor"]
+
+T = TypeVar("T")
+
+_SHUTDOWN_DETAILS = "cancelcore: the service is shutting down"
+_CLOSED_DETAILS = "cancelcore: the service is not accepting calls"
+# After the host has closed every operation has ended; gRPC gets this long
+# to send the answers of the RPCs that are still being written out.
+_FLUSH_GRACE = 1.0
+# Wrapped handlers are cached per method handler; a server whose handlers
+# are made per call gets a bounded cache rather than a growing one.
+_CACHE_LIMIT = 1024
+_HOST_ABORT = CancelReason.HOST_ABORT
+
+
+def _grace(value: Any) -> float:
+    # gRPC's own None ("at once") is accepted and means 0.
+    return 0.0 if value is None else _adapters.seconds(value, "grace")
+
+
+def _check_server(server: Any, kind: Any) -> None:
+    if not isinstance(server, kind):
+        raise TypeError(f"server must be a {kind.__module__}.{kind.__qualname__}, not {type(server).__name__}")
+
+
+class _HandlerCache:
+    """Wrapped method handlers, keyed by the handler object they wrap."""
+
+    __slots__ = ("_entries", "_wrap")
+
+    def __init__(self, wrap: Callable[[Any], Any]) -> None:
+        self._entries: dict[int, tuple[Any, Any]] = {}
+        self._wrap = wrap
+
+    def get(self, handler: Any) -> Any:
+        entry = self._entries.get(id(handler))
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        wrapped = self._wrap(handler)
+        if len(self._entries) >= _CACHE_LIMIT:
+            self._entries.clear()
+        # The entry keeps `handler` alive, so its id is not reused meanwhile.
+        self._entries[id(handler)] = (handler, wrapped)
+        return wrapped
+
+
+def _method_handler(handler: Any, behavior: Callable[..., Any]) -> Any:
+    """A method handler like ``handler`` with ``behavior`` as its code."""
+    if handler.request_streaming:
+        make = grpc.stream_stream_rpc_method_handler if handler.response_streaming \
+            else grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.unary_stream_rpc_method_handler if handler.response_streaming \
+            else grpc.unary_unary_rpc_method_handler
+    return make(behavior, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+def _behavior(handler: Any) -> Optional[Callable[..., Any]]:
+    if handler.request_streaming:
+        return handler.stream_stream if handler.response_streaming else handler.stream_unary  # type: ignore[no-any-return]
+    return handler.unary_stream if handler.response_streaming else handler.unary_unary  # type: ignore[no-any-return]
+
+
+def _call_with(ctx: OperationContext, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with ``current_operation()`` set to ``ctx``."""
+    token = _current.set(ctx)
+    try:
+        return fn(*args)
+    finally:
+        _current.reset(token)
+
+
+# =================================================================== sync
+
+
+class _FaultWorker:
+    """One thread per interceptor that faults the channels of RPCs gRPC has
+    terminated.  gRPC runs its termination callbacks on its single poller
+    thread; handing the fault (and so the user's cancel callbacks) to this
+    thread keeps a slow callback from stalling every RPC of the server."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Optional[_SyncRpc]] = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def put(self, rpc: _SyncRpc) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name="cancelcore-grpc-faults", daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._queue.put(rpc)
+
+    def _run(self) -> None:
+        while True:
+            rpc = self._queue.get()
+            if rpc is None:
+                return
+            rpc.fault()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+
+
+class _SyncRpc:
+    """One RPC on the threaded server."""
+
+    __slots__ = ("channel", "ctx", "worker", "finished", "closed", "lock")
+
+    def __init__(self, channel: Channel, ctx: OperationContext, worker: _FaultWorker) -> None:
+        self.channel = channel
+        self.ctx = ctx
+        self.worker = worker
+        self.finished = False
+        self.closed = False
+        # Faulting (worker thread) and closing (handler thread) the channel
+        # must not interleave: a closed channel's memory is released.
+        self.lock = threading.Lock()
+
+    def terminated(self) -> None:
+        """gRPC's termination callback, on its poller thread.  It fires for
+        every end of the RPC; only one that comes before the handler (or its
+        response generator) has finished is a cancel: a normal end is sent
+        by gRPC after the handler returned, an abort after it raised."""
+        if not self.finished:
+            self.worker.put(self)
+
+    def fault(self) -> None:
+        with self.lock:
+            if not self.closed:
+                _adapters.fault(self.channel)
+
+    def finish(self) -> None:
+        """The handler has finished: the operation ends (a running cancel
+        callback is waited for, then free-state runs: G4, G5)."""
+        self.finished = True
+        self.ctx.end()
+        with self.lock:
+            self.closed = True
+            self.channel.close()
+
+
+class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Runs each RPC of a ``grpc.server`` as a cancelcore operation.
+
+    ``host``: the ServiceHost to run RPCs on; by default one is created with
+    ``close_timeout`` and opened.  It is ``.host``.  RPCs that arrive when the
+    host is not open are answered ``UNAVAILABLE``.
+    """
+
+    def __init__(self, host: Optional[ServiceHost] = None, close_timeout: float = 5.0) -> None:
+        self.host = _adapters.adapter_host(host, close_timeout)
+        self._worker = _FaultWorker()
+        self._handlers = _HandlerCache(self._wrap)
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._handlers.get(handler)
+
+    def stop(self, server: grpc.Server, grace: Optional[float]) -> None:
+        """Closes the host with ``grace`` as its close timeout -- new RPCs get
+        ``UNAVAILABLE``, in-flight ones ``grace`` seconds to finish, then
+        ``HOST_ABORT`` -- and once every operation has ended stops
+        ``server``; returns when it has stopped."""
+        _check_server(server, grpc.Server)
+        seconds = _grace(grace)
+        if self.host.state in (HostState.OPEN, HostState.FAULTED):
+            self.host.close(seconds)
+        server.stop(_FLUSH_GRACE).wait()
+        self._worker.stop()
+
+    # ----------------------------------------------------------- wrapping
+
+    def _wrap(self, handler: Any) -> Any:
+        behavior = _behavior(handler)
+        if behavior is None:
+            return handler
+        if handler.response_streaming:
+            return _method_handler(handler, functools.partial(self._streaming, behavior))
+        return _method_handler(handler, functools.partial(self._unary, behavior))
+
+    def _begin(self, context: Any) -> _SyncRpc:
+        try:
+            channel = self.host.accept_channel()
+        except CancelCoreError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
+            raise  # not reached: abort raises
+        try:
+            ctx = channel.begin_operation()
+        except CancelCoreError:
+            channel.close()
+            context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
+            raise
+        rpc = _SyncRpc(channel, ctx, self._worker)
+        if not context.add_callback(rpc.terminated):
+            # gRPC refuses callbacks once the RPC has terminated: it was
+            # canceled before the handler even started.
+            rpc.worker.put(rpc)
+        return rpc
+
+    def _unary(self, behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+        rpc = self._begin(context)
+        ctx = rpc.ctx
+        token = _current.set(ctx)
+        try:
+            response = behavior(request, context)
+        except BaseException:
+            cut = ctx.cancel_reason is _HOST_ABORT
+            if not cut:
+                raise
+        else:
+            # A handler that finished its work despite the abort answers.
+            cut = ctx.cancel_reason is _HOST_ABORT and response is None
+            if not cut:
+                return response
+        finally:
+            _current.reset(token)
+            rpc.finish()
+        context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+
+    def _streaming(self, behavior: Callable[..., Any], request: Any, context: Any) -> Iterator[Any]:
+        rpc = self._begin(context)
+        ctx = rpc.ctx
+        token = _current.set(ctx)
+        try:
+            responses = iter(behavior(request, context))
+        except BaseException:
+            cut = ctx.cancel_reason is _HOST_ABORT
+            rpc.finish()
+            if not cut:
+                raise
+            context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+        finally:
+            _current.reset(token)
+        return self._responses(rpc, responses, context)
+
+    @staticmethod
+    def _responses(rpc: _SyncRpc, responses: Iterator[Any], context: Any) -> Iterator[Any]:
+        """The handler's response iterator, run with its context current.
+        gRPC stops iterating an RPC that ended and never closes the
+        iterator; dropping this generator closes it (GeneratorExit at the
+        yield), which closes the handler's generator and ends the
+        operation."""
+        ctx = rpc.ctx
+        cut = False
+        try:
+            while True:
+                token = _current.set(ctx)
+                try:
+                    item = next(responses)
+                except StopIteration:
+                    break
+                except BaseException:
+                    if ctx.cancel_reason is not _HOST_ABORT:
+                        raise
+                    cut = True
+                    break
+                finally:
+                    _current.reset(token)
+                yield item
+                if ctx.canceled:
+                    # Pull no more from a canceled RPC's generator.
+                    cut = ctx.cancel_reason is _HOST_ABORT
+                    break
+        finally:
+            close = getattr(responses, "close", None)
+            try:
+                if close is not None:
+                    _call_with(ctx, close)
+            finally:
+                rpc.finish()
+        if cut:
+            context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+
+
+# ==================================================================== aio
+
+
+class _AioRpc:
+    """One RPC on the asyncio server.  The handler's code runs in steps --
+    an async handler in a task of its own, a sync one on a worker thread --
+    that the RPC's task awaits shielded: gRPC cancelling the RPC's task
+    (client cancel, deadline) reaches the adapter first, which faults the
+    channel, so the handler sees ``CHANNEL_FAULTED`` set and its cancel
+    callbacks run before its task is cancelled."""
+
+    __slots__ = ("channel", "ctx", "loop", "step", "pending", "finished", "gone")
+
+    def __init__(self, channel: Channel, ctx: OperationContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.channel = channel
+        self.ctx = ctx
+        self.loop = loop
+        self.step: Optional[asyncio.Future[Any]] = None  # an async handler's running step
+        self.pending: Optional[ThreadFuture[Any]] = None  # a sync handler's read of a request
+        self.finished = False
+        self.gone = False  # gRPC has terminated the RPC: nobody to answer
+        ctx._add_hook(self._canceled)
+
+    def _canceled(self) -> None:
+        """The operation was canceled (any thread): interrupt what the
+        handler waits on.  A sync handler's thread is not interrupted: its
+        own cancel callback tells it to stop, and it is waited for."""
+        step = self.step
+        if step is not None:
+            call_soon(self.loop, step.cancel)
+        pending = self.pending
+        if pending is not None:
+            pending.cancel()
+
+    def done(self, _context: Any) -> None:
+        """gRPC's done callback: the RPC is over.  Before the handler has
+        finished, that is a cancel the handler did not see (say, the
+        client left while gRPC was writing a streamed response)."""
+        if not self.finished:
+            self.gone = True
+            _adapters.fault(self.channel)
+
+    async def run(self, coro: Awaitable[T]) -> T:
+        """Awaits an async step of the handler in a task of its own."""
+        task: asyncio.Future[T] = asyncio.ensure_future(coro)
+        self.step = task
+        if self.ctx.canceled:
+            task.cancel()  # the hook may have looked before the step existed
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._terminated()
+                await _settle(task)
+            raise
+        finally:
+            self.step = None
+
+    async def run_sync(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        """Awaits a sync step of the handler on a worker thread."""
+        future = self.loop.run_in_executor(pool, functools.partial(_call_with, self.ctx, fn, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                self._terminated()
+                await _settle(future)  # a thread cannot be stopped: wait for it
+            raise
+
+    def _terminated(self) -> None:
+        # gRPC cancelled the RPC's task (a client cancel, a deadline, or a
+        # server stop not made through the interceptor).
+        self.gone = True
+        _adapters.fault(self.channel)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.ctx.end()
+        self.channel.close()
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Waits for ``future`` to be done, whatever cancels the waiter."""
+    while not future.done():
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError:
+            pass
+
+
+class _SyncRequests:
+    """A sync handler's request iterator over gRPC's async one, read from
+    the handler's worker thread; a canceled RPC's read raises
+    ``OperationCanceledError`` instead of waiting on."""
+
+    def __init__(self, rpc: _AioRpc, requests: Any) -> None:
+        self._rpc = rpc
+        self._requests: AsyncIterator[Any] = requests.__aiter__()
+
+    def __iter__(self) -> _SyncRequests:
+        return self
+
+    def __next__(self) -> Any:
+        rpc = self._rpc
+        rpc.ctx.raise_if_canceled()
+        future = asyncio.run_coroutine_threadsafe(self._next(), rpc.loop)
+        rpc.pending = future
+        if rpc.ctx.canceled:
+            future.cancel()
+        try:
+            return future.result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+        except BaseException:
+            rpc.ctx.raise_if_canceled()
+            raise
+        finally:
+            rpc.pending = None
+
+    async def _next(self) -> Any:
+        return await self._requests.__anext__()
+
+
+_DONE = object()
+
+
+def _next_or_done(iterator: Iterator[Any]) -> Any:
+    try:
+        return next(iterator)
+    except StopIteration:
+        return _DONE
+
+
+class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Runs each RPC of a ``grpc.aio.server`` as a cancelcore operation.
+
+    ``host``: the ServiceHost to run RPCs on; by default one is created with
+    ``close_timeout`` and opened.  It is ``.host``.  RPCs that arrive when the
+    host is not open are answered ``UNAVAILABLE``.  Sync handlers run on the
+    interceptor's own thread pool (``max_workers`` threads at most).
+    """
+
+    def __init__(self, host: Optional[ServiceHost] = None, close_timeout: float = 5.0,
+                 *, max_workers: Optional[int] = None) -> None:
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError("max_workers must be an int or None")
+            if max_workers < 1:
+                raise ValueError("max_workers must be >= 1")
+        self.host = _adapters.adapter_host(host, close_timeout)
+        self._max_workers = max_workers
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()
+        self._handlers = _HandlerCache(self._wrap)
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._handlers.get(handler)
+
+    async def stop(self, server: grpc.aio.Server, grace: Optional[float]) -> None:
+        """Closes the host with ``grace`` as its close timeout -- new RPCs get
+        ``UNAVAILABLE``, in-flight ones ``grace`` seconds to finish, then
+        ``HOST_ABORT`` (their clients receive ``UNAVAILABLE``) -- and once
+        every operation has ended stops ``server``."""
+        _check_server(server, grpc.aio.Server)
+        seconds = _grace(grace)
+        if self.host.state in (HostState.OPEN, HostState.FAULTED):
+            await self.host.aclose(seconds)
+        await server.stop(_FLUSH_GRACE)
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def _workers(self) -> ThreadPoolExecutor:
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool
+                if pool is None:
+                    pool = self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="cancelcore-grpc")
+        return pool
+
+    # ----------------------------------------------------------- wrapping
+
+    def _wrap(self, handler: Any) -> Any:
+        behavior = _behavior(handler)
+        if behavior is None:
+            return handler
+        streaming_in = bool(handler.request_streaming)
+        if inspect.isasyncgenfunction(behavior):
+            code: Callable[..., Any] = self._async_gen(behavior)
+        elif inspect.iscoroutinefunction(behavior):
+            code = self._coroutine(behavior)
+        elif handler.response_streaming:
+            code = self._sync_gen(behavior, streaming_in)
+        else:
+            code = self._sync(behavior, streaming_in)
+        return _method_handler(handler, code)
+
+    async def _begin(self, context: Any) -> _AioRpc:
+        try:
+            channel = self.host.accept_channel()
+        except CancelCoreError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
+            raise  # not reached: abort raises
+        try:
+            ctx = channel.begin_operation()
+        except CancelCoreError:
+            channel.close()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
+            raise
+        rpc = _AioRpc(channel, ctx, asyncio.get_running_loop())
+        context.add_done_callback(rpc.done)
+        return rpc
+
+    def _coroutine(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def handle(request: Any, context: Any) -> Any:
+            rpc = await self._begin(context)
+            ctx = rpc.ctx
+            token = _current.set(ctx)  # the step's task copies it
+            try:
+                response = await rpc.run(behavior(request, context))
+            except BaseException:
+                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                    raise
+            else:
+                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT or response is not None:
+                    return response
+            finally:
+                _current.reset(token)
+                rpc.finish()
+            await _cut(context)
+        return handle
+
+    def _sync(self, behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., Awaitable[Any]]:
+        async def handle(request: Any, context: Any) -> Any:
+            rpc = await self._begin(context)
+            ctx = rpc.ctx
+            argument = _SyncRequests(rpc, request) if streaming_in else request
+            try:
+                response = await rpc.run_sync(self._workers(), behavior, argument, context)
+            except BaseException:
+                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                    raise
+            else:
+                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT or response is not None:
+                    return response
+            finally:
+                rpc.finish()
+            await _cut(context)
+        return handle
+
+    def _async_gen(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            rpc = await self._begin(context)
+            ctx = rpc.ctx
+            token = _current.set(ctx)
+            try:
+                responses = behavior(request, context)
+            finally:
+                _current.reset(token)
+            cut = False
+            try:
+                while True:
+                    try:
+                        item = await rpc.run(_anext(ctx, responses))
+                    except StopAsyncIteration:
+                        break
+                    except BaseException:
+                        if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                            raise
+                        cut = True
+                        break
+                    yield item
+                    if ctx.canceled:
+                        cut = not rpc.gone and ctx.cancel_reason is _HOST_ABORT
+                        break
+            finally:
+                try:
+                    await _settle(asyncio.ensure_future(_aclose(ctx, responses)))
+                finally:
+                    rpc.finish()
+            if cut:
+                await _cut(context)
+        return handle
+
+    def _sync_gen(self, behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., AsyncIterator[Any]]:
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            rpc = await self._begin(context)
+            ctx = rpc.ctx
+            pool = self._workers()
+            argument = _SyncRequests(rpc, request) if streaming_in else request
+            responses: Optional[Iterator[Any]] = None
+            cut = False
+            try:
+                try:
+                    responses = iter(await rpc.run_sync(pool, behavior, argument, context))
+                    while True:
+                        # gRPC would feed a sync generator through a one-slot
+                        # queue nothing drains after a cancel; stepping it
+                        # here lets it be stopped and closed.
+                        item = await rpc.run_sync(pool, _next_or_done, responses)
+                        if item is _DONE:
+                            break
+                        yield item
+                        if ctx.canceled:
+                            cut = not rpc.gone and ctx.cancel_reason is _HOST_ABORT
+                            break
+                except (GeneratorExit, asyncio.CancelledError):
+                    raise
+                except BaseException:
+                    if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                        raise
+                    cut = True
+            finally:
+                try:
+                    close = getattr(responses, "close", None)
+                    if close is not None:
+                        await _settle(asyncio.ensure_future(rpc.loop.run_in_executor(
+                            pool, functools.partial(_call_with, ctx, close))))
+                finally:
+                    rpc.finish()
+            if cut:
+                await _cut(context)
+        return handle
+
+
+async def _anext(ctx: OperationContext, responses: AsyncIterator[Any]) -> Any:
+    _current.set(ctx)  # this step's task has a context of its own
+    return await responses.__anext__()
+
+
+async def _aclose(ctx: OperationContext, responses: Any) -> None:
+    _current.set(ctx)
+    aclose = getattr(responses, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _cut(context: Any) -> None:
+    """Answers an RPC cut by the host's abort: grpc.aio would send no status
+    for a cancelled handler, leaving a client without a deadline waiting."""
+    await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
