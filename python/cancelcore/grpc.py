@@ -34,6 +34,7 @@ import functools
 import inspect
 import queue
 import threading
+import time
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional, TypeVar
@@ -61,6 +62,7 @@ _FLUSH_GRACE = 1.0
 # are made per call gets a bounded cache rather than a growing one.
 _CACHE_LIMIT = 1024
 _HOST_ABORT = CancelReason.HOST_ABORT
+_AIO_WORKERS = 32  # threads for sync handlers on the asyncio server
 
 
 def _grace(value: Any) -> float:
@@ -186,14 +188,32 @@ class _SyncRpc:
             if not self.closed:
                 _adapters.fault(self.channel)
 
-    def finish(self) -> None:
+    def finish(self, context: Any) -> None:
         """The handler has finished: the operation ends (a running cancel
-        callback is waited for, then free-state runs: G4, G5)."""
+        callback is waited for, then free-state runs: G4, G5).  gRPC wakes a
+        handler reading requests of a canceled RPC before it runs the
+        termination callbacks, so the handler may get here first: an RPC no
+        longer active before its answer was sent was canceled."""
         self.finished = True
+        if not context.is_active():
+            self.fault()
         self.ctx.end()
         with self.lock:
             self.closed = True
             self.channel.close()
+
+
+def _sync_requests(rpc: _SyncRpc, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+    """The request stream a threaded-server handler reads.  gRPC may end
+    the request stream of a canceled RPC as if the client had half-closed
+    it, just before it learns of the cancel: at the end the reader lets
+    gRPC's poller run, then faults the channel of an RPC no longer active,
+    before the handler takes the end for a normal one."""
+    yield from requests
+    time.sleep(0)
+    time.sleep(0)
+    if not context.is_active():
+        rpc.fault()
 
 
 class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -233,9 +253,10 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         behavior = _behavior(handler)
         if behavior is None:
             return handler
+        streaming_in = bool(handler.request_streaming)
         if handler.response_streaming:
-            return _method_handler(handler, functools.partial(self._streaming, behavior))
-        return _method_handler(handler, functools.partial(self._unary, behavior))
+            return _method_handler(handler, functools.partial(self._streaming, behavior, streaming_in))
+        return _method_handler(handler, functools.partial(self._unary, behavior, streaming_in))
 
     def _begin(self, context: Any) -> _SyncRpc:
         try:
@@ -256,9 +277,11 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             rpc.worker.put(rpc)
         return rpc
 
-    def _unary(self, behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+    def _unary(self, behavior: Callable[..., Any], streaming_in: bool, request: Any, context: Any) -> Any:
         rpc = self._begin(context)
         ctx = rpc.ctx
+        if streaming_in:
+            request = _sync_requests(rpc, request, context)
         token = _current.set(ctx)
         try:
             response = behavior(request, context)
@@ -273,18 +296,21 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return response
         finally:
             _current.reset(token)
-            rpc.finish()
+            rpc.finish(context)
         context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
 
-    def _streaming(self, behavior: Callable[..., Any], request: Any, context: Any) -> Iterator[Any]:
+    def _streaming(self, behavior: Callable[..., Any], streaming_in: bool, request: Any,
+                   context: Any) -> Iterator[Any]:
         rpc = self._begin(context)
         ctx = rpc.ctx
+        if streaming_in:
+            request = _sync_requests(rpc, request, context)
         token = _current.set(ctx)
         try:
             responses = iter(behavior(request, context))
         except BaseException:
             cut = ctx.cancel_reason is _HOST_ABORT
-            rpc.finish()
+            rpc.finish(context)
             if not cut:
                 raise
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
@@ -326,7 +352,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 if close is not None:
                     _call_with(ctx, close)
             finally:
-                rpc.finish()
+                rpc.finish(context)
         if cut:
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
 
@@ -421,6 +447,31 @@ async def _settle(future: asyncio.Future[Any]) -> None:
             pass
 
 
+class _Requests:
+    """The request stream an aio handler reads.  gRPC ends the request
+    stream of a canceled RPC as if the client had half-closed it, and
+    cancels the RPC's task a moment later; at the end of the stream the
+    reader yields to the loop twice, so that cancel reaches the adapter
+    (which faults the channel) before the handler takes the end for a
+    normal one and completes."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: Any) -> None:
+        self._requests: AsyncIterator[Any] = requests.__aiter__()
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._requests.__anext__()
+        except StopAsyncIteration:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            raise
+
+
 class _SyncRequests:
     """A sync handler's request iterator over gRPC's async one, read from
     the handler's worker thread; a canceled RPC's read raises
@@ -428,7 +479,7 @@ class _SyncRequests:
 
     def __init__(self, rpc: _AioRpc, requests: Any) -> None:
         self._rpc = rpc
-        self._requests: AsyncIterator[Any] = requests.__aiter__()
+        self._requests = _Requests(requests)
 
     def __iter__(self) -> _SyncRequests:
         return self
@@ -470,7 +521,8 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
     ``host``: the ServiceHost to run RPCs on; by default one is created with
     ``close_timeout`` and opened.  It is ``.host``.  RPCs that arrive when the
     host is not open are answered ``UNAVAILABLE``.  Sync handlers run on the
-    interceptor's own thread pool (``max_workers`` threads at most).
+    interceptor's own thread pool, of ``max_workers`` threads at most
+    (default 32): a sync handler holds its thread until it returns.
     """
 
     def __init__(self, host: Optional[ServiceHost] = None, close_timeout: float = 5.0,
@@ -513,7 +565,8 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             with self._pool_lock:
                 pool = self._pool
                 if pool is None:
-                    pool = self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="cancelcore-grpc")
+                    pool = self._pool = ThreadPoolExecutor(
+                        self._max_workers or _AIO_WORKERS, thread_name_prefix="cancelcore-grpc")
         return pool
 
     # ----------------------------------------------------------- wrapping
@@ -524,9 +577,9 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             return handler
         streaming_in = bool(handler.request_streaming)
         if inspect.isasyncgenfunction(behavior):
-            code: Callable[..., Any] = self._async_gen(behavior)
+            code: Callable[..., Any] = self._async_gen(behavior, streaming_in)
         elif inspect.iscoroutinefunction(behavior):
-            code = self._coroutine(behavior)
+            code = self._coroutine(behavior, streaming_in)
         elif handler.response_streaming:
             code = self._sync_gen(behavior, streaming_in)
         else:
@@ -549,10 +602,12 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         context.add_done_callback(rpc.done)
         return rpc
 
-    def _coroutine(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _coroutine(self, behavior: Callable[..., Awaitable[Any]], streaming_in: bool) -> Callable[..., Awaitable[Any]]:
         async def handle(request: Any, context: Any) -> Any:
             rpc = await self._begin(context)
             ctx = rpc.ctx
+            if streaming_in:
+                request = _Requests(request)
             token = _current.set(ctx)  # the step's task copies it
             try:
                 response = await rpc.run(behavior(request, context))
@@ -586,10 +641,12 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             await _cut(context)
         return handle
 
-    def _async_gen(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def _async_gen(self, behavior: Callable[..., AsyncIterator[Any]], streaming_in: bool) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
             rpc = await self._begin(context)
             ctx = rpc.ctx
+            if streaming_in:
+                request = _Requests(request)
             token = _current.set(ctx)
             try:
                 responses = behavior(request, context)
