@@ -431,3 +431,159 @@ def blocking_requests(key: str, release: threading.Event, first: int = 1) -> Ite
     for _ in range(first):
         yield key.encode()
     release.wait(WAIT)
+
+
+# ---------------------------------------------------------- aiohttp server
+
+
+def aiohttp_app(probes: Probes) -> Any:
+    """An aiohttp app; every route takes ``?key=`` naming the Probe.
+    /echo answers at once; /block waits until canceled (or WAIT);
+    /linger answers after 0.2 s; /stream is a StreamResponse writing a
+    chunk every 10 ms until canceled."""
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        probe = probes(request.query["key"])
+        probe.register()
+        probe.completed = True
+        return web.Response(text=probe.key)
+
+    async def block(request: web.Request) -> web.Response:
+        probe = probes(request.query["key"])
+        ctx = probe.register()
+        try:
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            probe.task_cancelled += 1
+            probe.reason_when_cancelled = ctx.cancel_reason
+            raise
+        return web.Response(text="not canceled")
+
+    async def linger(request: web.Request) -> web.Response:
+        probe = probes(request.query["key"])
+        probe.register()
+        await asyncio.sleep(0.2)
+        probe.completed = True
+        return web.Response(text=probe.key)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        probe = probes(request.query["key"])
+        ctx = probe.register()
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"chunk\n")
+                probe.items_sent += 1
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            probe.task_cancelled += 1
+            probe.reason_when_cancelled = ctx.cancel_reason
+            raise
+        finally:
+            probe.generator_closed = True
+
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    app.router.add_get("/block", block)
+    app.router.add_get("/linger", linger)
+    app.router.add_get("/stream", stream)
+    return app
+
+
+class AiohttpServer:
+    """An aiohttp app with ``cancelcore.aiohttp.setup`` on 127.0.0.1 (an
+    ``AppRunner`` + ``TCPSite`` in a loop thread of its own)."""
+
+    def __init__(self, close_timeout: float = 5.0, shutdown_timeout: float = 5.0,
+                 handler_cancellation: bool = False, host: Any = None) -> None:
+        from aiohttp import web
+
+        import cancelcore.aiohttp
+
+        self.probes = Probes()
+        self.app = aiohttp_app(self.probes)
+        self.host = cancelcore.aiohttp.setup(self.app, host=host, close_timeout=close_timeout)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run_loop, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(WAIT)
+        self.runner = web.AppRunner(self.app, handler_cancellation=handler_cancellation,
+                                    shutdown_timeout=shutdown_timeout)
+
+        async def start() -> int:
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, HOST, 0)
+            await site.start()
+            return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+        self.port = self.run(start())
+        self.cleaned = False
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def run(self, coro: Any, timeout: float = WAIT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self, timeout: float = WAIT + 10) -> None:
+        if not self.cleaned:
+            self.cleaned = True
+            self.run(self.runner.cleanup(), timeout=timeout)
+
+    def close(self) -> None:
+        try:
+            self.shutdown()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(WAIT)
+            if not self.loop.is_running():
+                self.loop.close()
+
+    # raw HTTP/1.1 clients -------------------------------------------------
+
+    def open(self, path: str) -> Any:
+        """Sends a GET for ``path`` on a new connection; returns the socket."""
+        import socket
+
+        sock = socket.create_connection((HOST, self.port), timeout=WAIT)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        return sock
+
+
+def close_rst(sock: Any) -> None:
+    """Closes with a reset (SO_LINGER 0) rather than a FIN."""
+    import socket
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def read_response(sock: Any, timeout: float = WAIT) -> tuple[int, bytes]:
+    """Reads one response with a Content-Length body: (status, body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, body[:length]
