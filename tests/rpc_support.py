@@ -337,6 +337,7 @@ class GrpcServer:
     def __init__(self, kind: str, handlers: str = "sync", interceptor: Any = None,
                  probes: Optional[Probes] = None, **interceptor_options: Any) -> None:
         self.kind = kind
+        self.handlers = handlers
         self.probes = probes if probes is not None else Probes()
         generic = (async_handlers if handlers == "async" else sync_handlers)(self.probes)
         if interceptor is None:

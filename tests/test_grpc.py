@@ -189,11 +189,27 @@ def test_stop_aborts_in_flight_rpcs_with_unavailable(server: GrpcServer) -> None
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
         assert probe.settled()
         assert probe.reasons == [ABORT] and len(probe.frees) == 1
+        if server.kind == "aio" and server.handlers == "async":
+            assert probe.task_cancelled == 1 and probe.reason_when_cancelled == ABORT
     assert 0.5 <= elapsed < 0.6 + 5.0
     stats = server.host.stats
     assert stats["cancels_host_abort"] == 3 and stats["cancels_channel_faulted"] == 0
     assert stats["free_states_run"] == 4 and stats["ops_in_flight"] == 0
     assert server.host.state == HostState.CLOSED
+
+
+def test_stop_cuts_a_response_stream_with_unavailable(server: GrpcServer) -> None:
+    call = server.method("Drip")(b"drip-stop")  # no deadline
+    assert next(call) == b"drop"
+    probe = server.probes("drip-stop")
+    server.stop(grace=0.2)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    assert probe.settled()
+    assert probe.reasons == [ABORT] and len(probe.frees) == 1
+    assert probe.generator_closed
 
 
 def test_stop_with_nothing_in_flight_is_prompt(server: GrpcServer) -> None:

@@ -361,21 +361,29 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 class _AioRpc:
-    """One RPC on the asyncio server.  The handler's code runs in steps --
-    an async handler in a task of its own, a sync one on a worker thread --
-    that the RPC's task awaits shielded: gRPC cancelling the RPC's task
-    (client cancel, deadline) reaches the adapter first, which faults the
-    channel, so the handler sees ``CHANNEL_FAULTED`` set and its cancel
-    callbacks run before its task is cancelled."""
+    """One RPC on the asyncio server.
 
-    __slots__ = ("channel", "ctx", "loop", "step", "pending", "finished", "gone")
+    An async handler runs in the RPC's own task, behind a ``_Guard``: an
+    exception gRPC throws into the task (its cancel, for a client cancel or
+    a deadline) reaches the guard before the handler's code, and the guard
+    faults the channel first -- so the handler's cancel callbacks have run
+    and ``ctx.cancel_reason`` is set when its ``CancelledError`` arrives,
+    once.  A cancel of the operation from elsewhere (the host's abort)
+    cancels the task only while the handler's code runs, never gRPC's own
+    code around it.  A sync handler runs on a worker thread that the task
+    awaits shielded, and is waited for."""
+
+    __slots__ = ("channel", "ctx", "loop", "task", "pending", "guarding", "cancel_sent",
+                 "finished", "gone")
 
     def __init__(self, channel: Channel, ctx: OperationContext, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
         self.ctx = ctx
         self.loop = loop
-        self.step: Optional[asyncio.Future[Any]] = None  # an async handler's running step
+        self.task = asyncio.current_task()
         self.pending: Optional[ThreadFuture[Any]] = None  # a sync handler's read of a request
+        self.guarding = False  # the handler's code is running in the task
+        self.cancel_sent = False  # the task's cancel was delivered (once)
         self.finished = False
         self.gone = False  # gRPC has terminated the RPC: nobody to answer
         ctx._add_hook(self._canceled)
@@ -384,12 +392,25 @@ class _AioRpc:
         """The operation was canceled (any thread): interrupt what the
         handler waits on.  A sync handler's thread is not interrupted: its
         own cancel callback tells it to stop, and it is waited for."""
-        step = self.step
-        if step is not None:
-            call_soon(self.loop, step.cancel)
+        call_soon(self.loop, self.deliver)
         pending = self.pending
         if pending is not None:
             pending.cancel()
+
+    def deliver(self) -> None:
+        """On the loop, so the task is suspended: inside the guard, the
+        cancel lands in the handler's code."""
+        task = self.task
+        if self.guarding and not self.cancel_sent and not self.finished and task is not None:
+            self.cancel_sent = True
+            task.cancel(f"cancelcore: RPC canceled ({self.ctx.cancel_reason!r})")
+
+    def terminated(self) -> None:
+        """gRPC cancelled the RPC's task: a client cancel, a deadline, or a
+        server stop not made through the interceptor."""
+        self.cancel_sent = True
+        self.gone = True
+        _adapters.fault(self.channel)
 
     def done(self, _context: Any) -> None:
         """gRPC's done callback: the RPC is over.  Before the handler has
@@ -399,21 +420,8 @@ class _AioRpc:
             self.gone = True
             _adapters.fault(self.channel)
 
-    async def run(self, coro: Awaitable[T]) -> T:
-        """Awaits an async step of the handler in a task of its own."""
-        task: asyncio.Future[T] = asyncio.ensure_future(coro)
-        self.step = task
-        if self.ctx.canceled:
-            task.cancel()  # the hook may have looked before the step existed
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                self._terminated()
-                await _settle(task)
-            raise
-        finally:
-            self.step = None
+    def guard(self, coro: Any) -> _Guard:
+        return _Guard(self, coro)
 
     async def run_sync(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         """Awaits a sync step of the handler on a worker thread."""
@@ -422,20 +430,67 @@ class _AioRpc:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if not future.done():
-                self._terminated()
+                self.terminated()
                 await _settle(future)  # a thread cannot be stopped: wait for it
             raise
 
-    def _terminated(self) -> None:
-        # gRPC cancelled the RPC's task (a client cancel, a deadline, or a
-        # server stop not made through the interceptor).
-        self.gone = True
-        _adapters.fault(self.channel)
-
     def finish(self) -> None:
         self.finished = True
+        if self.cancel_sent and self.task is not None:
+            _uncancel(self.task)  # the task goes on (to send a status) without it pending
         self.ctx.end()
         self.channel.close()
+
+
+class _Guard:
+    """Awaits the handler's coroutine (or one step of its async generator)
+    in the RPC's task, seeing first what the task's owner throws into it."""
+
+    __slots__ = ("_rpc", "_coro")
+
+    def __init__(self, rpc: _AioRpc, coro: Any) -> None:
+        self._rpc = rpc
+        self._coro = coro
+        rpc.guarding = True
+        if rpc.ctx.canceled:
+            call_soon(rpc.loop, rpc.deliver)  # canceled before this step began
+
+    def __await__(self) -> _Guard:
+        return self
+
+    def __iter__(self) -> _Guard:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._coro.send(value)
+        except BaseException:  # StopIteration included: the step is over
+            self._rpc.guarding = False
+            raise
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        exc = val if val is not None else (typ() if isinstance(typ, type) else typ)
+        rpc = self._rpc
+        if isinstance(exc, asyncio.CancelledError) and not rpc.cancel_sent:
+            rpc.terminated()  # gRPC's cancel: the fault goes first
+        try:
+            return self._coro.throw(exc)
+        except BaseException:
+            rpc.guarding = False
+            raise
+
+    def close(self) -> None:
+        self._rpc.guarding = False
+        self._coro.close()
+
+
+def _uncancel(task: asyncio.Task[Any]) -> None:
+    uncancel = getattr(task, "uncancel", None)  # Python >= 3.11
+    if uncancel is not None and task.cancelling():
+        uncancel()
 
 
 async def _settle(future: asyncio.Future[Any]) -> None:
@@ -608,9 +663,9 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             ctx = rpc.ctx
             if streaming_in:
                 request = _Requests(request)
-            token = _current.set(ctx)  # the step's task copies it
+            token = _current.set(ctx)
             try:
-                response = await rpc.run(behavior(request, context))
+                response = await rpc.guard(behavior(request, context))
             except BaseException:
                 if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
                     raise
@@ -647,16 +702,15 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             ctx = rpc.ctx
             if streaming_in:
                 request = _Requests(request)
-            token = _current.set(ctx)
-            try:
-                responses = behavior(request, context)
-            finally:
-                _current.reset(token)
+            # Set for the rest of the RPC's task, which serves this RPC only:
+            # the generator's steps run in it, between gRPC's writes.
+            _current.set(ctx)
+            responses = behavior(request, context)
             cut = False
             try:
                 while True:
                     try:
-                        item = await rpc.run(_anext(ctx, responses))
+                        item = await rpc.guard(responses.__anext__())
                     except StopAsyncIteration:
                         break
                     except BaseException:
@@ -716,11 +770,6 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             if cut:
                 await _cut(context)
         return handle
-
-
-async def _anext(ctx: OperationContext, responses: AsyncIterator[Any]) -> Any:
-    _current.set(ctx)  # this step's task has a context of its own
-    return await responses.__anext__()
 
 
 async def _aclose(ctx: OperationContext, responses: Any) -> None:
