@@ -80,6 +80,12 @@ class Server:
             raise RuntimeError(f"server {kind} did not start: {line!r}")
         self.port = int(line)
 
+    def cpu(self) -> float:
+        """CPU seconds the server process has used (user + system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> dict[str, int]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     servers = {k: Server(k) for k in KINDS}
     sent = {k: 0 for k in KINDS}
     rps: dict[str, list[float]] = {k: [] for k in KINDS}
+    cpu: dict[str, list[float]] = {k: [] for k in KINDS}  # server CPU microseconds per request
     ratios: list[float] = []
     try:
         for k in KINDS:  # untimed warm-up
@@ -154,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
             order = KINDS if rep % 2 == 0 else KINDS[::-1]
             got: dict[str, float] = {}
             for k in order:
+                cpu0 = servers[k].cpu()
                 seconds, ok, bad = asyncio.run(load(servers[k].port, args.requests, args.connections))
+                cpu[k].append((servers[k].cpu() - cpu0) / args.requests * 1e6)
                 sent[k] += args.requests
                 if ok != args.requests or bad:
                     failures.append(f"{k}: {ok} right and {bad} wrong answers of {args.requests}")
@@ -168,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  with setup():  {cc:8.0f} requests/s  (runs: {', '.join(f'{r:.0f}' for r in rps['cancelcore'])})")
     print(f"  ratio of the medians {cc / plain:.3f} (median of the per-repetition ratios "
           f"{statistics.median(ratios):.3f}); target >= 0.95: {'met' if cc / plain >= 0.95 else 'NOT met'}")
+    cpu_plain, cpu_cc = statistics.median(cpu["plain"]), statistics.median(cpu["cancelcore"])
+    print(f"  server CPU per request (median): bare {cpu_plain:.0f} us, with setup() {cpu_cc:.0f} us "
+          f"(+{cpu_cc - cpu_plain:.0f} us); capacity ratio (bare CPU / with) {cpu_plain / cpu_cc:.3f}")
     st, expected = stats["cancelcore"], sent["cancelcore"]
     if st.get("ops_begun") != expected or st.get("ops_ended") != expected:
         failures.append(f"cancelcore: {st.get('ops_begun')} operations begun and "

@@ -118,6 +118,12 @@ class Server:
             raise RuntimeError(f"server {kind} did not start: {line!r}")
         self.port = int(line)
 
+    def cpu(self) -> float:
+        """CPU seconds the server process has used (user + system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> dict[str, int]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         servers = {k: Server(k) for k in kinds}
         sent = {k: 0 for k in kinds}  # calls each server answered
         qps: dict[str, list[float]] = {k: [] for k in kinds}
+        cpu: dict[str, list[float]] = {k: [] for k in kinds}  # server CPU microseconds per call
         ratios: list[float] = []
         try:
             for k in kinds:  # untimed warm-up
@@ -187,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
                 order = kinds if rep % 2 == 0 else kinds[::-1]
                 got: dict[str, float] = {}
                 for k in order:
+                    cpu0 = servers[k].cpu()
                     seconds, good, bad = asyncio.run(load(servers[k].port, args.calls, args.concurrency))
+                    cpu[k].append((servers[k].cpu() - cpu0) / (args.calls + 1) * 1e6)
                     sent[k] += args.calls + 1
                     if good != args.calls or bad:
                         failures.append(f"{k}: {good} right and {bad} wrong answers of {args.calls}")
@@ -203,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  with interceptor: {cc:8.0f} calls/s  (runs: {', '.join(f'{q:.0f}' for q in qps[kinds[1]])})")
         print(f"  ratio of the medians {cc / plain:.3f} (median of the per-repetition ratios "
               f"{statistics.median(ratios):.3f}); target >= 0.95: {'met' if cc / plain >= 0.95 else 'NOT met'}")
+        cpu_plain, cpu_cc = statistics.median(cpu[kinds[0]]), statistics.median(cpu[kinds[1]])
+        print(f"  server CPU per call (median): bare {cpu_plain:.0f} us, with interceptor {cpu_cc:.0f} us "
+              f"(+{cpu_cc - cpu_plain:.0f} us); capacity ratio (bare CPU / with) {cpu_plain / cpu_cc:.3f}")
         st = stats[kinds[1]]
         expected = sent[kinds[1]]
         if st.get("ops_begun") != expected or st.get("ops_ended") != expected:

@@ -163,7 +163,7 @@ class _FaultWorker:
 class _SyncRpc:
     """One RPC on the threaded server."""
 
-    __slots__ = ("channel", "ctx", "worker", "finished", "closed", "lock")
+    __slots__ = ("channel", "ctx", "worker", "finished", "closed", "lock", "reason")
 
     def __init__(self, channel: Channel, ctx: OperationContext, worker: _FaultWorker) -> None:
         self.channel = channel
@@ -171,6 +171,7 @@ class _SyncRpc:
         self.worker = worker
         self.finished = False
         self.closed = False
+        self.reason: Optional[CancelReason] = None  # read as it ends
         # Faulting (worker thread) and closing (handler thread) the channel
         # must not interleave: a closed channel's memory is released.
         self.lock = threading.Lock()
@@ -197,6 +198,7 @@ class _SyncRpc:
         self.finished = True
         if not context.is_active():
             self.fault()
+        self.reason = self.ctx.cancel_reason
         self.ctx.end()
         with self.lock:
             self.closed = True
@@ -353,7 +355,9 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     _call_with(ctx, close)
             finally:
                 rpc.finish(context)
-        if cut:
+        # A stream the abort reached is cut short, however its generator
+        # ended: the client must not take it for a complete one.
+        if cut or rpc.reason is _HOST_ABORT:
             context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
 
 
@@ -374,7 +378,7 @@ class _AioRpc:
     awaits shielded, and is waited for."""
 
     __slots__ = ("channel", "ctx", "loop", "task", "pending", "guarding", "cancel_sent",
-                 "finished", "gone")
+                 "finished", "gone", "reason")
 
     def __init__(self, channel: Channel, ctx: OperationContext, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
@@ -386,6 +390,7 @@ class _AioRpc:
         self.cancel_sent = False  # the task's cancel was delivered (once)
         self.finished = False
         self.gone = False  # gRPC has terminated the RPC: nobody to answer
+        self.reason: Optional[CancelReason] = None  # read as it ends
         ctx._add_hook(self._canceled)
 
     def _canceled(self) -> None:
@@ -438,6 +443,7 @@ class _AioRpc:
         self.finished = True
         if self.cancel_sent and self.task is not None:
             _uncancel(self.task)  # the task goes on (to send a status) without it pending
+        self.reason = self.ctx.cancel_reason
         self.ctx.end()
         self.channel.close()
 
@@ -727,8 +733,8 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                     await _settle(asyncio.ensure_future(_aclose(ctx, responses)))
                 finally:
                     rpc.finish()
-            if cut:
-                await _cut(context)
+            if cut or (not rpc.gone and rpc.reason is _HOST_ABORT):
+                await _cut(context)  # a stream cut short, however it ended
         return handle
 
     def _sync_gen(self, behavior: Callable[..., Any], streaming_in: bool) -> Callable[..., AsyncIterator[Any]]:
@@ -767,8 +773,8 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                             pool, functools.partial(_call_with, ctx, close))))
                 finally:
                     rpc.finish()
-            if cut:
-                await _cut(context)
+            if cut or (not rpc.gone and rpc.reason is _HOST_ABORT):
+                await _cut(context)  # a stream cut short, however it ended
         return handle
 
 
