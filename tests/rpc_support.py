@@ -54,6 +54,7 @@ class Probe:
         self.completed = False
         self.generator_closed = False
         self.items_sent = 0
+        self.cancel_delay = 0.0
         self.entered = threading.Event()
         self.canceled = threading.Event()
         self.freed = threading.Event()
@@ -63,6 +64,8 @@ class Probe:
             if self.frees:
                 self.cancel_after_free = True
             self.cancels.append((reason, threading.current_thread().name))
+        if self.cancel_delay:
+            time.sleep(self.cancel_delay)  # a slow cancel callback
         self.canceled.set()
 
     def on_free(self, state: Any) -> None:

@@ -108,6 +108,26 @@ def test_async_handler_task_is_cancelled_after_the_fault() -> None:
         srv.close()
 
 
+def test_slow_cancel_callback_does_not_stall_other_rpcs() -> None:
+    """Regression: gRPC runs termination callbacks on its one poller
+    thread; the fault (and so the user's callback) runs elsewhere."""
+    srv = GrpcServer("sync")
+    try:
+        slow = srv.probes("slow")
+        slow.cancel_delay = 1.5
+        future = srv.method("Block").future(b"slow")
+        assert slow.entered.wait(WAIT)
+        future.cancel()
+        assert wait_until(lambda: slow.reasons == [FAULTED])  # the slow callback is running
+        started = time.monotonic()
+        assert srv.method("Echo")(b"meanwhile", timeout=WAIT) == b"meanwhile"
+        assert time.monotonic() - started < 1.0
+        assert slow.settled()
+        assert_canceled_once(srv, slow, FAULTED)
+    finally:
+        srv.close()
+
+
 def test_deadline_faults_the_channel_once(server: GrpcServer) -> None:
     with pytest.raises(grpc.RpcError) as info:
         server.method("Block")(b"deadline", timeout=0.3)
