@@ -143,6 +143,30 @@ def test_shutdown_aborts_in_flight_requests(close_timeout: float, shutdown_timeo
         srv.close()
 
 
+def test_shutdown_cuts_a_stream_response() -> None:
+    srv = AiohttpServer(close_timeout=0.3, shutdown_timeout=5.0)
+    try:
+        sock = srv.open("/stream?key=st")
+        probe = srv.probes("st")
+        assert probe.entered.wait(WAIT)
+        sock.settimeout(WAIT)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        srv.shutdown()
+        # Its head is on the wire: no 503, the connection ends.
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert b"503" not in data
+        sock.close()
+        assert_canceled_once(probe, ABORT)
+        assert probe.generator_closed
+    finally:
+        srv.close()
+
+
 def test_requests_on_a_closed_host_get_503() -> None:
     srv = AiohttpServer()
     try:

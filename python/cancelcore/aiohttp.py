@@ -44,12 +44,6 @@ __all__ = ["setup"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Marks a request whose response was prepared (its status line may be on
-# the wire): such a request cut by shutdown cannot be answered 503 any more.
-_PREPARED: Any = (web.RequestKey("cancelcore_prepared", bool) if hasattr(web, "RequestKey")
-                 else "cancelcore.aiohttp.prepared")  # aiohttp < 3.12
-
-
 class _Watch(asyncio.Protocol):
     """Stands between a connection's transport and aiohttp's protocol to
     hear the connection being lost, which aiohttp itself turns into a
@@ -158,7 +152,7 @@ class _Adapter:
                     rq.gone()
                 raise
             if ctx.cancel_reason is CancelReason.HOST_ABORT and not _gone(request) \
-                    and _PREPARED not in request:
+                    and not _answered(request):
                 _uncancel(task)
                 rq.cancel_sent = False
                 return _unavailable()
@@ -182,10 +176,6 @@ class _Adapter:
                     # Our cancel was absorbed by the handler: the task goes
                     # on serving this connection without it pending.
                     _uncancel(task)
-
-    @staticmethod
-    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        request[_PREPARED] = True
 
     async def on_shutdown(self, app: web.Application) -> None:
         """aiohttp awaits this before starting its own shutdown timeout:
@@ -212,6 +202,13 @@ def _watch(request: web.Request) -> Optional[_Watch]:
 def _gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def _answered(request: web.Request) -> bool:
+    """Whether bytes of a response are on the wire: a prepared response's
+    head is buffered until its first write, and until then a 503 can still
+    replace it."""
+    return getattr(request.writer, "output_size", 0) > 0
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:
@@ -242,7 +239,6 @@ def setup(app: web.Application, host: Optional[ServiceHost] = None, close_timeou
     adapter = _Adapter(service_host)
     # Outermost, so the operation spans every other middleware too.
     app.middlewares.insert(0, adapter.middleware)
-    app.on_response_prepare.append(adapter.on_response_prepare)
     app.on_shutdown.append(adapter.on_shutdown)
     app.on_cleanup.append(adapter.on_cleanup)
     return service_host
