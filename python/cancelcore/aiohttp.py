@@ -128,14 +128,20 @@ class _Adapter:
         except CancelCoreError:
             channel.close()
             return _unavailable()
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        rq = _Request(channel, ctx, task, loop)
-        watch = _watch(request)
-        if watch is None:
+        rq = _Request(channel, ctx, task, task.get_loop())
+        transport = request.transport
+        watch: Optional[_Watch] = None
+        if transport is None or transport.is_closing():
             rq.gone()  # the client left before its handler started
         else:
+            protocol: Any = transport.get_protocol()
+            if type(protocol) is _Watch:
+                watch = protocol
+            else:  # the connection's first request
+                watch = _Watch(protocol)
+                transport.set_protocol(watch)
             watch.requests.add(rq)
         ctx._add_hook(rq.canceled)
         token = _current.set(ctx)
@@ -185,18 +191,6 @@ class _Adapter:
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.on_shutdown(app)
-
-
-def _watch(request: web.Request) -> Optional[_Watch]:
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        return None
-    protocol = transport.get_protocol()
-    if isinstance(protocol, _Watch):
-        return protocol
-    watch = _Watch(protocol)
-    transport.set_protocol(watch)
-    return watch
 
 
 def _gone(request: web.Request) -> bool:
