@@ -54,7 +54,7 @@ def test_completion_fires_no_cancel(server: AiohttpServer) -> None:
     try:
         assert read_response(sock) == (200, b"a")
         # The same keep-alive connection serves a second request cleanly.
-        sock.sendall(f"GET /echo?key=b HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall("GET /echo?key=b HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert read_response(sock) == (200, b"b")
     finally:
         sock.close()

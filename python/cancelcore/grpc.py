@@ -45,7 +45,7 @@ import grpc.aio
 from . import _adapters
 from ._dispatch import call_soon
 from ._enums import CancelReason, HostState
-from ._errors import CancelCoreError, OperationCanceledError
+from ._errors import CancelCoreError
 from ._host import Channel, ServiceHost
 from ._operation import OperationContext, _current
 
