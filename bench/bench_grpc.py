@@ -42,7 +42,7 @@ from measure import machine_line  # noqa: E402
 
 HOST = "127.0.0.1"
 METHOD = "/cancelcore.bench.Echo/Call"
-KINDS = ("sync-plain", "sync-cancelcore", "aio-plain", "aio-cancelcore")
+KINDS = ("sync-plain", "sync-cancelcore", "sync-noop", "aio-plain", "aio-cancelcore", "aio-noop")
 START_TIMEOUT = 20.0
 
 
@@ -64,6 +64,17 @@ def serve(kind: str) -> int:
         return request
 
     flavour, variant = kind.split("-")
+
+    class PassThrough(grpc.ServerInterceptor):  # type: ignore[misc]
+        """gRPC's own interceptor machinery, for comparison."""
+
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            return continuation(details)
+
+    class AioPassThrough(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            return await continuation(details)
+
     handler = grpc.method_handlers_generic_handler("cancelcore.bench.Echo", {
         "Call": grpc.unary_unary_rpc_method_handler(call if flavour == "sync" else acall)})
     wait_stdin = lambda: sys.stdin.read()  # noqa: E731 - EOF: the parent is done
@@ -73,7 +84,8 @@ def serve(kind: str) -> int:
 
         interceptor = CancellationInterceptor() if variant == "cancelcore" else None
         server = grpc.server(ThreadPoolExecutor(max_workers=10),
-                             interceptors=[interceptor] if interceptor else [])
+                             interceptors=[interceptor] if interceptor else
+                             [PassThrough()] if variant == "noop" else [])
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port(f"{HOST}:0")
         server.start()
@@ -89,7 +101,8 @@ def serve(kind: str) -> int:
 
     async def main() -> None:
         aio_interceptor = AioCancellationInterceptor() if variant == "cancelcore" else None
-        server = grpc.aio.server(interceptors=[aio_interceptor] if aio_interceptor else [])
+        server = grpc.aio.server(interceptors=[aio_interceptor] if aio_interceptor else
+                                 [AioPassThrough()] if variant == "noop" else [])
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port(f"{HOST}:0")
         await server.start()
@@ -243,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     own = dict(zip(("sync", "aio"), in_process(2000 if args.quick else 20000, args.reps)))
     for flavour in ("sync", "aio"):
-        kinds = (f"{flavour}-plain", f"{flavour}-cancelcore")
+        kinds = (f"{flavour}-plain", f"{flavour}-cancelcore", f"{flavour}-noop")
         servers = {k: Server(k) for k in kinds}
         sent = {k: 0 for k in kinds}  # calls each server answered
         qps: dict[str, list[float]] = {k: [] for k in kinds}
@@ -276,6 +289,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  ratio of the medians {cc / plain:.3f} (median of the per-repetition ratios "
               f"{statistics.median(ratios):.3f}); target >= 0.95: {'met' if cc / plain >= 0.95 else 'NOT met'}")
         cpu_plain, cpu_cc = statistics.median(cpu[kinds[0]]), statistics.median(cpu[kinds[1]])
+        noop = statistics.median(qps[kinds[2]])
+        print(f"  a pass-through interceptor (gRPC's interceptor machinery alone): {noop:.0f} calls/s, "
+              f"ratio {noop / plain:.3f}, server CPU per call {statistics.median(cpu[kinds[2]]):.0f} us")
         print(f"  server CPU per call (median): bare {cpu_plain:.0f} us, with interceptor {cpu_cc:.0f} us "
               f"(+{cpu_cc - cpu_plain:.0f} us); capacity ratio (bare CPU / with) {cpu_plain / cpu_cc:.3f}")
         print(f"  the interceptor's own code, timed in process (no network): {own[flavour]:.1f} us per call, "
