@@ -32,13 +32,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from measure import machine_line  # noqa: E402
 
 HOST = "127.0.0.1"
-KINDS = ("plain", "cancelcore")
+KINDS = ("plain", "cancelcore", "noop")
 READ_TIMEOUT = 30.0
 
 
@@ -56,6 +56,12 @@ def serve(kind: str) -> int:
         app = web.Application()
         app.router.add_get("/hello", hello)
         host = cancelcore.aiohttp.setup(app) if kind == "cancelcore" else None
+        if kind == "noop":  # aiohttp's middleware machinery alone, for comparison
+            @web.middleware
+            async def passthrough(request: web.Request, handler: Any) -> web.StreamResponse:
+                return await handler(request)
+
+            app.middlewares.append(passthrough)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, HOST, 0)
@@ -137,6 +143,55 @@ async def load(port: int, requests: int, connections: int) -> tuple[float, int, 
     return seconds, state["ok"], bad
 
 
+def in_process(n: int, reps: int) -> float:
+    """The adapter's middleware's own cost per request, microseconds (median
+    over ``reps``): called directly with the least of a request it touches
+    (a transport already watched), minus a pass-through middleware."""
+    from aiohttp import web
+
+    import cancelcore.aiohttp
+
+    class Transport:
+        def __init__(self) -> None:
+            self.protocol = cancelcore.aiohttp._Watch(object())
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_protocol(self) -> Any:
+            return self.protocol
+
+    class Request:
+        transport = Transport()
+
+    response = web.Response(text="ok")
+
+    async def handler(request: Any) -> web.Response:
+        return response
+
+    async def passthrough(request: Any, handler: Any) -> web.StreamResponse:
+        return await handler(request)
+
+    async def measure() -> float:
+        app = web.Application()
+        cancelcore.aiohttp.setup(app)
+        middleware = app.middlewares[0]
+        request = Request()
+        costs = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await middleware(request, handler)  # type: ignore[arg-type]
+            t1 = time.perf_counter()
+            for _ in range(n):
+                await passthrough(request, handler)
+            t2 = time.perf_counter()
+            costs.append(((t1 - t0) - (t2 - t1)) / n * 1e6)
+        return statistics.median(costs)
+
+    return asyncio.run(measure())
+
+
 def run(args: argparse.Namespace) -> int:
     import aiohttp
 
@@ -148,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"load:     {args.requests} requests per run over {args.connections} keep-alive connections "
           f"(raw asyncio streams, this process), {args.reps} repetitions; the medians")
     failures: list[str] = []
+    own = in_process(2000 if args.quick else 20000, args.reps)
     servers = {k: Server(k) for k in KINDS}
     sent = {k: 0 for k in KINDS}
     rps: dict[str, list[float]] = {k: [] for k in KINDS}
@@ -175,11 +231,17 @@ def run(args: argparse.Namespace) -> int:
     plain, cc = statistics.median(rps["plain"]), statistics.median(rps["cancelcore"])
     print(f"\n  bare:          {plain:8.0f} requests/s  (runs: {', '.join(f'{r:.0f}' for r in rps['plain'])})")
     print(f"  with setup():  {cc:8.0f} requests/s  (runs: {', '.join(f'{r:.0f}' for r in rps['cancelcore'])})")
+    noop = statistics.median(rps["noop"])
+    print(f"  a pass-through middleware (aiohttp's middleware machinery alone): {noop:.0f} requests/s, "
+          f"ratio {noop / plain:.3f}, server CPU per request {statistics.median(cpu['noop']):.0f} us")
     print(f"  ratio of the medians {cc / plain:.3f} (median of the per-repetition ratios "
           f"{statistics.median(ratios):.3f}); target >= 0.95: {'met' if cc / plain >= 0.95 else 'NOT met'}")
     cpu_plain, cpu_cc = statistics.median(cpu["plain"]), statistics.median(cpu["cancelcore"])
     print(f"  server CPU per request (median): bare {cpu_plain:.0f} us, with setup() {cpu_cc:.0f} us "
           f"(+{cpu_cc - cpu_plain:.0f} us); capacity ratio (bare CPU / with) {cpu_plain / cpu_cc:.3f}")
+    print(f"  the middleware's own code, timed in process (no network): {own:.1f} us per request, "
+          f"{own / cpu_plain * 100:.1f}% of the bare server's CPU per request "
+          f"(ratio {cpu_plain / (cpu_plain + own):.3f})")
     st, expected = stats["cancelcore"], sent["cancelcore"]
     if st.get("ops_begun") != expected or st.get("ops_ended") != expected:
         failures.append(f"cancelcore: {st.get('ops_begun')} operations begun and "
@@ -198,9 +260,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a smoke test: few requests, 1 repetition")
-    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=11)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
