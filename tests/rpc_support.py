@@ -213,7 +213,14 @@ def sync_handlers(probes: Probes) -> grpc.GenericRpcHandler:
         if probe is not None:
             probe.completed = True
 
-    return _generic(echo, block, linger, count, drip, sum_, hold, echoes)
+    def self_end(request: bytes, context: Any) -> bytes:
+        probe = probes(_key(request))
+        ctx = probe.register()
+        ctx.end()  # misuse: the adapter's operation, ended by the handler
+        probe.completed = True
+        return request
+
+    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end)
 
 
 def async_handlers(probes: Probes) -> grpc.GenericRpcHandler:
@@ -312,11 +319,18 @@ def async_handlers(probes: Probes) -> grpc.GenericRpcHandler:
         if probe is not None:
             probe.completed = True
 
-    return _generic(echo, block, linger, count, drip, sum_, hold, echoes)
+    async def self_end(request: bytes, context: Any) -> bytes:
+        probe = probes(_key(request))
+        ctx = probe.register()
+        ctx.end()
+        probe.completed = True
+        return request
+
+    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end)
 
 
 def _generic(echo: Any, block: Any, linger: Any, count: Any, drip: Any, sum_: Any, hold: Any,
-             echoes: Any) -> grpc.GenericRpcHandler:
+             echoes: Any, self_end: Any) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Block": grpc.unary_unary_rpc_method_handler(block),
@@ -326,6 +340,7 @@ def _generic(echo: Any, block: Any, linger: Any, count: Any, drip: Any, sum_: An
         "Sum": grpc.stream_unary_rpc_method_handler(sum_),
         "Hold": grpc.stream_unary_rpc_method_handler(hold),
         "Echoes": grpc.stream_stream_rpc_method_handler(echoes),
+        "SelfEnd": grpc.unary_unary_rpc_method_handler(self_end),
     })
 
 
@@ -395,7 +410,7 @@ class GrpcServer:
     def method(self, name: str) -> Any:
         kinds = {"Echo": "unary_unary", "Block": "unary_unary", "Linger": "unary_unary",
                  "Count": "unary_stream", "Drip": "unary_stream", "Sum": "stream_unary",
-                 "Hold": "stream_unary", "Echoes": "stream_stream"}
+                 "Hold": "stream_unary", "Echoes": "stream_stream", "SelfEnd": "unary_unary"}
         return getattr(self.channel, kinds[name])(f"/{SERVICE}/{name}")
 
     def stop(self, grace: Optional[float] = 0.5) -> None:

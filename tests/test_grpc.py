@@ -77,6 +77,15 @@ def test_completion_of_all_four_kinds_fires_no_cancel(server: GrpcServer) -> Non
     assert stats["channels_open"] == 0
 
 
+def test_handler_that_ends_its_own_operation(server: GrpcServer) -> None:
+    """Regression: the adapter's own end of an operation the handler ended
+    (a misuse) is not an error for the RPC."""
+    assert server.method("SelfEnd")(b"self-end", timeout=WAIT) == b"self-end"
+    probe = server.probes("self-end")
+    assert probe.settled() and probe.completed and probe.reasons == [] and len(probe.frees) == 1
+    assert settled_host(server)["ops_ended"] == 1
+
+
 # ------------------------------------------------------------ client cancel
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ._errors import CancelCoreError
+from ._enums import CancelReason
+from ._errors import CancelCoreError, InvalidOperationError
 from ._host import Channel, ServiceHost
+from ._operation import OperationContext
 
 
 def seconds(value: Any, name: str) -> float:
@@ -41,3 +43,20 @@ def fault(channel: Channel) -> None:
         channel.fault()
     except CancelCoreError:
         pass
+
+
+def end(ctx: OperationContext) -> None:
+    """Ends the call's operation (its completion: free-state runs).  A
+    handler that ended it itself already completed it."""
+    try:
+        ctx.end()
+    except InvalidOperationError:
+        pass
+
+
+def reason(ctx: OperationContext) -> Optional[CancelReason]:
+    """``ctx.cancel_reason``, or None once a handler ended the operation itself."""
+    try:
+        return ctx.cancel_reason
+    except InvalidOperationError:
+        return None

@@ -110,7 +110,7 @@ class _Request:
         # middleware has finished, the task serves the next request.
         if not self.finished and not self.cancel_sent:
             self.cancel_sent = True
-            self.task.cancel(f"cancelcore: request canceled ({self.ctx.cancel_reason!r})")
+            self.task.cancel(f"cancelcore: request canceled ({_adapters.reason(self.ctx)!r})")
 
 
 class _Adapter:
@@ -157,7 +157,7 @@ class _Adapter:
                 if _gone(request):
                     rq.gone()
                 raise
-            if ctx.cancel_reason is CancelReason.HOST_ABORT and not _gone(request) \
+            if _adapters.reason(ctx) is CancelReason.HOST_ABORT and not _gone(request) \
                     and not _answered(request):
                 _uncancel(task)
                 rq.cancel_sent = False
@@ -175,7 +175,7 @@ class _Adapter:
             if watch is not None:
                 watch.requests.discard(rq)
             try:
-                ctx.end()
+                _adapters.end(ctx)
             finally:
                 channel.close()
                 if rq.cancel_sent:

@@ -62,6 +62,7 @@ _FLUSH_GRACE = 1.0
 # are made per call gets a bounded cache rather than a growing one.
 _CACHE_LIMIT = 1024
 _HOST_ABORT = CancelReason.HOST_ABORT
+_reason = _adapters.reason
 _AIO_WORKERS = 32  # threads for sync handlers on the asyncio server
 
 
@@ -198,8 +199,8 @@ class _SyncRpc:
         self.finished = True
         if not context.is_active():
             self.fault()
-        self.reason = self.ctx.cancel_reason
-        self.ctx.end()
+        self.reason = _reason(self.ctx)
+        _adapters.end(self.ctx)
         with self.lock:
             self.closed = True
             self.channel.close()
@@ -288,12 +289,12 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             response = behavior(request, context)
         except BaseException:
-            cut = ctx.cancel_reason is _HOST_ABORT
+            cut = _reason(ctx) is _HOST_ABORT
             if not cut:
                 raise
         else:
             # A handler that finished its work despite the abort answers.
-            cut = ctx.cancel_reason is _HOST_ABORT and response is None
+            cut = _reason(ctx) is _HOST_ABORT and response is None
             if not cut:
                 return response
         finally:
@@ -311,7 +312,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             responses = iter(behavior(request, context))
         except BaseException:
-            cut = ctx.cancel_reason is _HOST_ABORT
+            cut = _reason(ctx) is _HOST_ABORT
             rpc.finish(context)
             if not cut:
                 raise
@@ -337,7 +338,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 except StopIteration:
                     break
                 except BaseException:
-                    if ctx.cancel_reason is not _HOST_ABORT:
+                    if _reason(ctx) is not _HOST_ABORT:
                         raise
                     cut = True
                     break
@@ -346,7 +347,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 yield item
                 if ctx.canceled:
                     # Pull no more from a canceled RPC's generator.
-                    cut = ctx.cancel_reason is _HOST_ABORT
+                    cut = _reason(ctx) is _HOST_ABORT
                     break
         finally:
             close = getattr(responses, "close", None)
@@ -408,7 +409,7 @@ class _AioRpc:
         task = self.task
         if self.guarding and not self.cancel_sent and not self.finished and task is not None:
             self.cancel_sent = True
-            task.cancel(f"cancelcore: RPC canceled ({self.ctx.cancel_reason!r})")
+            task.cancel(f"cancelcore: RPC canceled ({_reason(self.ctx)!r})")
 
     def terminated(self) -> None:
         """gRPC cancelled the RPC's task: a client cancel, a deadline, or a
@@ -443,8 +444,8 @@ class _AioRpc:
         self.finished = True
         if self.cancel_sent and self.task is not None:
             _uncancel(self.task)  # the task goes on (to send a status) without it pending
-        self.reason = self.ctx.cancel_reason
-        self.ctx.end()
+        self.reason = _reason(self.ctx)
+        _adapters.end(self.ctx)
         self.channel.close()
 
 
@@ -673,10 +674,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             try:
                 response = await rpc.guard(behavior(request, context))
             except BaseException:
-                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                if rpc.gone or _reason(ctx) is not _HOST_ABORT:
                     raise
             else:
-                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT or response is not None:
+                if rpc.gone or _reason(ctx) is not _HOST_ABORT or response is not None:
                     return response
             finally:
                 _current.reset(token)
@@ -692,10 +693,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             try:
                 response = await rpc.run_sync(self._workers(), behavior, argument, context)
             except BaseException:
-                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                if rpc.gone or _reason(ctx) is not _HOST_ABORT:
                     raise
             else:
-                if rpc.gone or ctx.cancel_reason is not _HOST_ABORT or response is not None:
+                if rpc.gone or _reason(ctx) is not _HOST_ABORT or response is not None:
                     return response
             finally:
                 rpc.finish()
@@ -720,13 +721,13 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                     except StopAsyncIteration:
                         break
                     except BaseException:
-                        if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                        if rpc.gone or _reason(ctx) is not _HOST_ABORT:
                             raise
                         cut = True
                         break
                     yield item
                     if ctx.canceled:
-                        cut = not rpc.gone and ctx.cancel_reason is _HOST_ABORT
+                        cut = not rpc.gone and _reason(ctx) is _HOST_ABORT
                         break
             finally:
                 try:
@@ -757,12 +758,12 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                             break
                         yield item
                         if ctx.canceled:
-                            cut = not rpc.gone and ctx.cancel_reason is _HOST_ABORT
+                            cut = not rpc.gone and _reason(ctx) is _HOST_ABORT
                             break
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except BaseException:
-                    if rpc.gone or ctx.cancel_reason is not _HOST_ABORT:
+                    if rpc.gone or _reason(ctx) is not _HOST_ABORT:
                         raise
                     cut = True
             finally:
