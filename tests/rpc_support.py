@@ -58,6 +58,7 @@ class Probe:
         self.entered = threading.Event()
         self.canceled = threading.Event()
         self.freed = threading.Event()
+        self.released = threading.Event()
 
     def on_cancel(self, reason: CancelReason, state: Any) -> None:
         with self.lock:
@@ -220,7 +221,13 @@ def sync_handlers(probes: Probes) -> grpc.GenericRpcHandler:
         probe.completed = True
         return request
 
-    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end)
+    def stubborn(request: bytes, context: Any) -> bytes:
+        probe = probes(_key(request))
+        probe.register()
+        probe.released.wait(WAIT)  # ignores its cancel
+        return request
+
+    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end, stubborn)
 
 
 def async_handlers(probes: Probes) -> grpc.GenericRpcHandler:
@@ -326,11 +333,21 @@ def async_handlers(probes: Probes) -> grpc.GenericRpcHandler:
         probe.completed = True
         return request
 
-    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end)
+    async def stubborn(request: bytes, context: Any) -> bytes:
+        probe = probes(_key(request))
+        probe.register()
+        while not probe.released.is_set():  # ignores its cancel
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+        return request
+
+    return _generic(echo, block, linger, count, drip, sum_, hold, echoes, self_end, stubborn)
 
 
 def _generic(echo: Any, block: Any, linger: Any, count: Any, drip: Any, sum_: Any, hold: Any,
-             echoes: Any, self_end: Any) -> grpc.GenericRpcHandler:
+             echoes: Any, self_end: Any, stubborn: Any) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Block": grpc.unary_unary_rpc_method_handler(block),
@@ -341,6 +358,7 @@ def _generic(echo: Any, block: Any, linger: Any, count: Any, drip: Any, sum_: An
         "Hold": grpc.stream_unary_rpc_method_handler(hold),
         "Echoes": grpc.stream_stream_rpc_method_handler(echoes),
         "SelfEnd": grpc.unary_unary_rpc_method_handler(self_end),
+        "Stubborn": grpc.unary_unary_rpc_method_handler(stubborn),
     })
 
 
@@ -410,7 +428,7 @@ class GrpcServer:
     def method(self, name: str) -> Any:
         kinds = {"Echo": "unary_unary", "Block": "unary_unary", "Linger": "unary_unary",
                  "Count": "unary_stream", "Drip": "unary_stream", "Sum": "stream_unary",
-                 "Hold": "stream_unary", "Echoes": "stream_stream", "SelfEnd": "unary_unary"}
+                 "Hold": "stream_unary", "Echoes": "stream_stream", "SelfEnd": "unary_unary", "Stubborn": "unary_unary"}
         return getattr(self.channel, kinds[name])(f"/{SERVICE}/{name}")
 
     def stop(self, grace: Optional[float] = 0.5) -> None:

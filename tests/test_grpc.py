@@ -242,6 +242,24 @@ def test_stop_cuts_a_response_stream_with_unavailable(server: GrpcServer) -> Non
     assert probe.generator_closed
 
 
+def test_stop_returns_although_a_handler_ignores_its_cancel(server: GrpcServer) -> None:
+    future = server.method("Stubborn").future(b"stubborn")
+    probe = server.probes("stubborn")
+    assert probe.entered.wait(WAIT)
+    try:
+        started = time.monotonic()
+        server.stop(grace=0.2)  # aborted at 0.2 s; the server stops 1 s later
+        assert time.monotonic() - started < 0.2 + 1.0 + 3.0
+        assert probe.reasons == [ABORT] and probe.frees == []
+    finally:
+        probe.released.set()
+    assert probe.settled()  # the host's close finishes once the handler returns
+    assert len(probe.frees) == 1
+    assert wait_until(lambda: server.host.state == HostState.CLOSED)
+    with pytest.raises(grpc.RpcError):
+        future.result(timeout=WAIT)
+
+
 def test_stop_with_nothing_in_flight_is_prompt(server: GrpcServer) -> None:
     assert server.method("Echo")(b"one", timeout=WAIT) == b"one"
     started = time.monotonic()

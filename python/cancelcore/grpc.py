@@ -71,6 +71,12 @@ def _grace(value: Any) -> float:
     return 0.0 if value is None else _adapters.seconds(value, "grace")
 
 
+def _after_abort(grace: float) -> float:
+    """How long ``stop()`` waits for aborted RPCs to wind up before it stops
+    the server anyway: as long as the grace period, 1 s at least."""
+    return max(1.0, grace)
+
+
 def _check_server(server: Any, kind: Any) -> None:
     if not isinstance(server, kind):
         raise TypeError(f"server must be a {kind.__module__}.{kind.__qualname__}, not {type(server).__name__}")
@@ -241,12 +247,20 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def stop(self, server: grpc.Server, grace: Optional[float]) -> None:
         """Closes the host with ``grace`` as its close timeout -- new RPCs get
         ``UNAVAILABLE``, in-flight ones ``grace`` seconds to finish, then
-        ``HOST_ABORT`` -- and once every operation has ended stops
-        ``server``; returns when it has stopped."""
+        ``HOST_ABORT`` -- and once every operation has ended (or the aborted
+        ones had as long again, 1 s at least) stops ``server``; returns when
+        it has stopped."""
         _check_server(server, grpc.Server)
         seconds = _grace(grace)
         if self.host.state in (HostState.OPEN, HostState.FAULTED):
-            self.host.close(seconds)
+            # The close goes on until every operation has ended (G8); the
+            # server stops anyway once the aborted RPCs have had as long
+            # again to wind up, so a handler that ignores its cancel cannot
+            # keep the stop from returning.
+            closer = threading.Thread(target=self.host.close, args=(seconds,),
+                                      name="cancelcore-grpc-stop", daemon=True)
+            closer.start()
+            closer.join(seconds + _after_abort(seconds))
         server.stop(_FLUSH_GRACE).wait()
         self._worker.stop()
 
@@ -598,6 +612,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         self._max_workers = max_workers
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
+        self._closing: Optional[asyncio.Future[bool]] = None  # the host's close, once stop() began it
         self._handlers = _HandlerCache(self._wrap)
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
@@ -610,11 +625,14 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         """Closes the host with ``grace`` as its close timeout -- new RPCs get
         ``UNAVAILABLE``, in-flight ones ``grace`` seconds to finish, then
         ``HOST_ABORT`` (their clients receive ``UNAVAILABLE``) -- and once
-        every operation has ended stops ``server``."""
+        every operation has ended (or the aborted ones had as long again,
+        1 s at least) stops ``server``."""
         _check_server(server, grpc.aio.Server)
         seconds = _grace(grace)
         if self.host.state in (HostState.OPEN, HostState.FAULTED):
-            await self.host.aclose(seconds)
+            # As for the sync server: bounded, the close itself goes on.
+            self._closing = asyncio.ensure_future(self.host.aclose(seconds))
+            await asyncio.wait((self._closing,), timeout=seconds + _after_abort(seconds))
         await server.stop(_FLUSH_GRACE)
         with self._pool_lock:
             pool, self._pool = self._pool, None
