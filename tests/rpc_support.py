@@ -521,7 +521,18 @@ def aiohttp_app(probes: Probes) -> Any:
         finally:
             probe.generator_closed = True
 
+    async def stubborn(request: web.Request) -> web.Response:
+        probe = probes(request.query["key"])
+        probe.register()
+        while not probe.released.is_set():  # ignores every cancel
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                probe.task_cancelled += 1
+        return web.Response(text=probe.key)
+
     app = web.Application()
+    app.router.add_get("/stubborn", stubborn)
     app.router.add_get("/echo", echo)
     app.router.add_get("/block", block)
     app.router.add_get("/linger", linger)

@@ -167,6 +167,24 @@ def test_shutdown_cuts_a_stream_response() -> None:
         srv.close()
 
 
+def test_shutdown_returns_although_a_handler_ignores_its_cancel() -> None:
+    srv = AiohttpServer(close_timeout=0.2, shutdown_timeout=0.3)
+    probe = srv.probes("stubborn")
+    try:
+        sock = srv.open("/stubborn?key=stubborn")
+        assert probe.entered.wait(WAIT)
+        started = time.monotonic()
+        srv.shutdown()  # aborted at 0.2 s; bounded however the handler behaves
+        assert time.monotonic() - started < 0.2 + 1.0 + 0.3 + 1.2 + 3.0
+        assert probe.reasons == [ABORT] and probe.task_cancelled >= 1
+        probe.released.set()
+        assert probe.settled() and len(probe.frees) == 1
+        sock.close()
+    finally:
+        probe.released.set()
+        srv.close()
+
+
 def test_requests_on_a_closed_host_get_503() -> None:
     srv = AiohttpServer()
     try:

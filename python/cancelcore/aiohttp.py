@@ -116,6 +116,7 @@ class _Request:
 class _Adapter:
     def __init__(self, host: ServiceHost) -> None:
         self.host = host
+        self.closing: Optional[asyncio.Future[bool]] = None  # the host's close, once begun
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -185,9 +186,15 @@ class _Adapter:
 
     async def on_shutdown(self, app: web.Application) -> None:
         """aiohttp awaits this before starting its own shutdown timeout:
-        in-flight requests get the close timeout, then ``HOST_ABORT``."""
-        if self.host.state in (HostState.OPEN, HostState.FAULTED):
-            await self.host.aclose()
+        in-flight requests get the close timeout, then ``HOST_ABORT``.  The
+        close goes on until every request has ended (G8); aiohttp's
+        shutdown goes on once the aborted ones had as long again (1 s at
+        least), so a handler that ignores its cancel cannot hang it."""
+        host = self.host
+        if self.closing is None and host.state in (HostState.OPEN, HostState.FAULTED):
+            self.closing = asyncio.ensure_future(host.aclose())
+        if self.closing is not None:
+            await asyncio.wait((self.closing,), timeout=host.close_timeout + max(1.0, host.close_timeout))
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.on_shutdown(app)
