@@ -9,6 +9,8 @@ free-state per RPC, none of either for an RPC that completes.
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import threading
 import time
@@ -136,6 +138,36 @@ def test_slow_cancel_callback_does_not_stall_other_rpcs() -> None:
         assert_canceled_once(srv, slow, FAULTED)
     finally:
         srv.close()
+
+
+def test_canceled_calls_are_not_logged_as_errors(server: GrpcServer) -> None:
+    """Regression: a handler that raises because its client left (here
+    OperationCanceledError from raise_if_canceled) was logged by gRPC as
+    "Exception calling application", and on the aio server an unretrieved
+    worker-thread exception by asyncio."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Collect(level=logging.WARNING)
+    loggers = [logging.getLogger("grpc"), logging.getLogger("asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        future = server.method("Block").future(b"quiet-cancel")
+        assert server.probes("quiet-cancel").entered.wait(WAIT)
+        future.cancel()
+        with pytest.raises(grpc.RpcError):
+            server.method("Block")(b"quiet-deadline", timeout=0.3)
+        assert server.probes("quiet-cancel").settled() and server.probes("quiet-deadline").settled()
+        time.sleep(0.2)
+        gc.collect()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert records == []
 
 
 def test_deadline_faults_the_channel_once(server: GrpcServer) -> None:

@@ -37,7 +37,7 @@ import threading
 import time
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, NoReturn, Optional, TypeVar
 
 import grpc
 import grpc.aio
@@ -55,6 +55,7 @@ T = TypeVar("T")
 
 _SHUTDOWN_DETAILS = "cancelcore: the service is shutting down"
 _CLOSED_DETAILS = "cancelcore: the service is not accepting calls"
+_CANCELED_DETAILS = "cancelcore: the call was canceled"
 # After the host has closed every operation has ended; gRPC gets this long
 # to send the answers of the RPCs that are still being written out.
 _FLUSH_GRACE = 1.0
@@ -62,6 +63,7 @@ _FLUSH_GRACE = 1.0
 # are made per call gets a bounded cache rather than a growing one.
 _CACHE_LIMIT = 1024
 _HOST_ABORT = CancelReason.HOST_ABORT
+_FAULTED = CancelReason.CHANNEL_FAULTED
 _reason = _adapters.reason
 _AIO_WORKERS = 32  # threads for sync handlers on the asyncio server
 
@@ -299,22 +301,19 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         ctx = rpc.ctx
         if streaming_in:
             request = _sync_requests(rpc, request, context)
+        error: Optional[BaseException] = None
+        response = None
         token = _current.set(ctx)
         try:
             response = behavior(request, context)
-        except BaseException:
-            cut = _reason(ctx) is _HOST_ABORT
-            if not cut:
-                raise
-        else:
-            # A handler that finished its work despite the abort answers.
-            cut = _reason(ctx) is _HOST_ABORT and response is None
-            if not cut:
-                return response
+        except BaseException as exc:
+            error = exc
         finally:
             _current.reset(token)
             rpc.finish(context)
-        context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+        # A handler that finished its work despite the abort answers.
+        _answer(rpc, context, error, cut=error is not None or response is None)
+        return response
 
     def _streaming(self, behavior: Callable[..., Any], streaming_in: bool, request: Any,
                    context: Any) -> Iterator[Any]:
@@ -325,12 +324,10 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         token = _current.set(ctx)
         try:
             responses = iter(behavior(request, context))
-        except BaseException:
-            cut = _reason(ctx) is _HOST_ABORT
+        except BaseException as exc:
             rpc.finish(context)
-            if not cut:
-                raise
-            context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+            _answer(rpc, context, exc, cut=True)
+            raise AssertionError("not reached") from exc  # _answer raised
         finally:
             _current.reset(token)
         return self._responses(rpc, responses, context)
@@ -343,7 +340,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         yield), which closes the handler's generator and ends the
         operation."""
         ctx = rpc.ctx
-        cut = False
+        error: Optional[BaseException] = None
         try:
             while True:
                 token = _current.set(ctx)
@@ -351,18 +348,14 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     item = next(responses)
                 except StopIteration:
                     break
-                except BaseException:
-                    if _reason(ctx) is not _HOST_ABORT:
-                        raise
-                    cut = True
+                except BaseException as exc:
+                    error = exc
                     break
                 finally:
                     _current.reset(token)
                 yield item
                 if ctx.canceled:
-                    # Pull no more from a canceled RPC's generator.
-                    cut = _reason(ctx) is _HOST_ABORT
-                    break
+                    break  # pull no more from a canceled RPC's generator
         finally:
             close = getattr(responses, "close", None)
             try:
@@ -372,8 +365,22 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 rpc.finish(context)
         # A stream the abort reached is cut short, however its generator
         # ended: the client must not take it for a complete one.
-        if cut or rpc.reason is _HOST_ABORT:
-            context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+        _answer(rpc, context, error, cut=True)
+
+
+def _answer(rpc: _SyncRpc, context: Any, error: Optional[BaseException], cut: bool) -> None:
+    """How a finished handler's RPC ends on the threaded server: cut by the
+    host's abort -> ``UNAVAILABLE``; canceled because its client left or its
+    deadline passed -> quietly (gRPC would log the handler's exception as
+    "Exception calling application" for a call nobody waits for);
+    otherwise as the handler left it."""
+    reason = rpc.reason
+    if reason is _HOST_ABORT and cut:
+        context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+    if error is not None:
+        if reason is _FAULTED and isinstance(error, Exception):
+            context.abort(grpc.StatusCode.CANCELLED, _CANCELED_DETAILS)
+        raise error
 
 
 # ==================================================================== aio
@@ -521,6 +528,8 @@ async def _settle(future: asyncio.Future[Any]) -> None:
             await asyncio.wait((future,))
         except asyncio.CancelledError:
             pass
+    if not future.cancelled():
+        future.exception()  # retrieved: the RPC's own exception is what counts
 
 
 class _Requests:
@@ -691,8 +700,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             token = _current.set(ctx)
             try:
                 response = await rpc.guard(behavior(request, context))
-            except BaseException:
-                if rpc.gone or _reason(ctx) is not _HOST_ABORT:
+            except BaseException as exc:
+                if rpc.gone:
+                    _quiet(exc)
+                if _reason(ctx) is not _HOST_ABORT:
                     raise
             else:
                 if rpc.gone or _reason(ctx) is not _HOST_ABORT or response is not None:
@@ -710,8 +721,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             argument = _SyncRequests(rpc, request) if streaming_in else request
             try:
                 response = await rpc.run_sync(self._workers(), behavior, argument, context)
-            except BaseException:
-                if rpc.gone or _reason(ctx) is not _HOST_ABORT:
+            except BaseException as exc:
+                if rpc.gone:
+                    _quiet(exc)
+                if _reason(ctx) is not _HOST_ABORT:
                     raise
             else:
                 if rpc.gone or _reason(ctx) is not _HOST_ABORT or response is not None:
@@ -738,8 +751,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                         item = await rpc.guard(responses.__anext__())
                     except StopAsyncIteration:
                         break
-                    except BaseException:
-                        if rpc.gone or _reason(ctx) is not _HOST_ABORT:
+                    except BaseException as exc:
+                        if rpc.gone:
+                            _quiet(exc)
+                        if _reason(ctx) is not _HOST_ABORT:
                             raise
                         cut = True
                         break
@@ -780,8 +795,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                             break
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
-                except BaseException:
-                    if rpc.gone or _reason(ctx) is not _HOST_ABORT:
+                except BaseException as exc:
+                    if rpc.gone:
+                        _quiet(exc)
+                    if _reason(ctx) is not _HOST_ABORT:
                         raise
                     cut = True
             finally:
@@ -802,6 +819,15 @@ async def _aclose(ctx: OperationContext, responses: Any) -> None:
     aclose = getattr(responses, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def _quiet(exc: BaseException) -> NoReturn:
+    """The handler of an RPC gRPC has terminated (its client left, its
+    deadline passed) raised: nobody waits for its answer, so it ends as a
+    cancelled task, which grpc.aio does not log as a servicer error."""
+    if isinstance(exc, Exception):
+        raise asyncio.CancelledError() from exc
+    raise exc
 
 
 async def _cut(context: Any) -> None:
