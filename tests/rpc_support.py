@@ -544,7 +544,18 @@ def aiohttp_app(probes: Probes) -> Any:
                 probe.task_cancelled += 1
         return web.Response(text=probe.key)
 
+    async def give_up(request: web.Request) -> web.Response:
+        probe = probes(request.query["key"])
+        ctx = probe.register()
+        try:
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            probe.task_cancelled += 1
+        ctx.raise_if_canceled()  # OperationCanceledError, for a client gone
+        return web.Response(text="not canceled")
+
     app = web.Application()
+    app.router.add_get("/give-up", give_up)
     app.router.add_get("/stubborn", stubborn)
     app.router.add_get("/echo", echo)
     app.router.add_get("/block", block)

@@ -4,6 +4,7 @@ connection goes away.  Every count is exact."""
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -81,6 +82,33 @@ def test_disconnect_faults_and_cancels_the_handler(server: AiohttpServer, how: s
     assert_canceled_once(probe, FAULTED)
     stats = settled(server)
     assert stats["cancels_channel_faulted"] == 1 and stats["cancels_host_abort"] == 0
+
+
+def test_a_handler_giving_up_after_a_disconnect_is_not_logged(server: AiohttpServer) -> None:
+    """Regression: a handler that raises because its client left (here
+    OperationCanceledError) was logged by aiohttp as an error."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Collect(level=logging.WARNING)
+    loggers = [logging.getLogger("aiohttp"), logging.getLogger("asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        sock = server.open("/give-up?key=give-up")
+        probe = server.probes("give-up")
+        assert probe.entered.wait(WAIT)
+        sock.close()
+        assert_canceled_once(probe, FAULTED, task_cancelled=False)
+        assert probe.task_cancelled == 1
+        time.sleep(0.2)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert records == []
 
 
 def test_twenty_concurrent_disconnects_exact_counts(server: AiohttpServer) -> None:

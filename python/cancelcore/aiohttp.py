@@ -164,9 +164,13 @@ class _Adapter:
                 rq.cancel_sent = False
                 return _unavailable()
             raise
-        except BaseException:
+        except BaseException as exc:
             if _gone(request):
                 rq.gone()  # a write failed before the loss reached us
+                if isinstance(exc, Exception):
+                    # Nobody waits for the answer: end as a cancelled
+                    # request, which aiohttp does not log as an error.
+                    raise asyncio.CancelledError() from exc
             raise
         finally:
             if response is not None and not response.prepared and _gone(request):
