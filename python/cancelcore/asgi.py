@@ -188,6 +188,20 @@ class _Request:
         kind = message["type"]
         if kind == "http.response.start" or kind == "websocket.accept":
             self.response_started = True
+            if message.get("status") == 500 and self.ctx.cancel_reason is CancelReason.HOST_ABORT:
+                # The framework's own error page for what the abort made the
+                # handler raise (a sync endpoint's driver error): the request
+                # was cut by the shutdown, and its client is told so.
+                message = dict(message, status=503)
+        if self.delivered and self.token is not None:
+            # trio's cancel is level-triggered: a send cut midway would leave
+            # the server's protocol state torn.  What the app still sends
+            # once canceled (its error page) goes out whole.
+            import trio
+
+            with trio.CancelScope(shield=True):
+                await self.send(message)
+            return
         elif kind == "http.response.body":
             if not message.get("more_body", False):
                 self.response_complete = True
@@ -367,6 +381,7 @@ class CancellationMiddleware:
         token = _current.set(ctx)
         try:
             if self._by_disconnect:
+                request.by_disconnect = True
                 request.watch()  # the pump from the start: a disconnect can be handed in
             else:
                 loop.call_soon(request.watch)  # after the app's first step
@@ -527,7 +542,10 @@ class CancellationMiddleware:
         if self.host.state not in (HostState.OPEN, HostState.FAULTED):
             return True
         if _get_running_loop() is not None:
-            return await self.host.aclose()
+            try:
+                return await self.host.aclose()
+            except CancelCoreError:  # closed meanwhile by another path (serve, lifespan)
+                return True
         import trio
 
         return bool(await trio.to_thread.run_sync(self._close_quietly))
