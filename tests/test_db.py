@@ -49,7 +49,7 @@ def running_queries(pg: Postgres) -> int:
 
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
             ("%cancelcore-test%",)).fetchone()
         assert row is not None
         return int(row[0])
