@@ -715,7 +715,7 @@ def _serve_hypercorn(mw: CancellationMiddleware, host: str, port: int, close_tim
             await fut
 
     if worker == "uvloop":
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         uvloop.run(asyncio_main())
     else:
