@@ -384,6 +384,59 @@ def machine() -> None:
               "          the ratio still compares the two servers under the same client.")
 
 
+def loop_stall(offloaded: bool, n: int, block: float) -> list[float]:
+    """Per cancel, the longest gap (ms) of a 1 ms ticker on the event loop
+    while an operation whose cancel callback blocks ``block`` seconds (as
+    psycopg's conn.cancel(), a network round trip, does) is canceled from
+    the loop's thread, as a disconnect is: inline, and through offload()."""
+    import cancelcore
+    from cancelcore.asgi import offload
+
+    host = cancelcore.ServiceHost()
+    host.open()
+
+    async def main() -> list[float]:
+        gaps: list[float] = []
+        for _ in range(n):
+            worst = 0.0
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal worst
+                last = time.perf_counter()
+                while not stop:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    worst = max(worst, now - last)
+                    last = now
+
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0.005)
+            worst = 0.0
+            ch = host.accept_channel()
+            ctx = ch.begin_operation()
+
+            def blocking(reason: Any, state: Any) -> None:
+                time.sleep(block)
+
+            if offloaded:
+                ctx.register_for_cancel(*offload(blocking))
+            else:
+                ctx.register_for_cancel(blocking)
+            ch.fault()
+            ctx.end()
+            await asyncio.sleep(block + 0.005)
+            stop = True
+            await tick
+            gaps.append(worst * 1e3)
+        return gaps
+
+    try:
+        return asyncio.run(main())
+    finally:
+        host.close()
+
+
 def run(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = args.reps or (3 if quick else 15)
@@ -522,6 +575,16 @@ def run(args: argparse.Namespace) -> int:
               f"{'met' if percentile(lat, 99) < 5.0 else 'NOT met'}")
         print(f"    FIN  {fmt(fin)}")
         print(f"    RST  {fmt(rst)}")
+    n_stall = 10 if quick else 40
+    inline = loop_stall(False, n_stall, 0.005)
+    off = loop_stall(True, n_stall, 0.005)
+    base = loop_stall(False, n_stall, 0.0)
+    print("\n  event-loop stall per cancel whose callback blocks 5 ms (a loopback conn.cancel() took "
+          "3-14 ms), longest 1 ms-ticker gap:")
+    print(f"    baseline   p50 {percentile(base, 50):.2f} ms, p99 {percentile(base, 99):.2f} ms "
+          "(a callback that returns at once: the ticker's own jitter)")
+    print(f"    inline     p50 {percentile(inline, 50):.2f} ms, p99 {percentile(inline, 99):.2f} ms")
+    print(f"    offload()  p50 {percentile(off, 50):.2f} ms, p99 {percentile(off, 99):.2f} ms")
     print("\ncounts")
     if failures:
         for text in failures:
