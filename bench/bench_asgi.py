@@ -159,9 +159,9 @@ def serve(kind: str) -> int:
 
         app = CancelOnDisconnectMiddleware(app)
     elif variant == "aiofence":
-        import aiofence
+        from aiofence.contrib.starlette import DisconnectMiddleware
 
-        app = aiofence.DisconnectMiddleware(app)
+        app = DisconnectMiddleware(app)
 
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets
     # whose proto says TCP, and accepted ones inherit it (without it every
