@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Optional
 import uvicorn
 
 from cancelcore import CancelReason, current_operation
-from cancelcore.asgi import CancellationMiddleware, _uvicorn_server
+from cancelcore.asgi import CancellationMiddleware, uvicorn_server
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -189,7 +189,7 @@ class LiveServer:
         options.update(config)
         self.config = uvicorn.Config(app, **options)
         # A middleware's server closes its host at shutdown, as serve() does.
-        self.server = (_uvicorn_server(app, self.config) if isinstance(app, CancellationMiddleware)
+        self.server = (uvicorn_server(self.config) if isinstance(app, CancellationMiddleware)
                        else uvicorn.Server(self.config))
         self.thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
         self.error: Optional[BaseException] = None

@@ -52,7 +52,7 @@ from ._host import ServiceHost
 from ._offload import offload
 from ._operation import OperationContext, _current
 
-__all__ = ["CancellationMiddleware", "serve", "offload"]
+__all__ = ["CancellationMiddleware", "serve", "offload", "uvicorn_server"]
 
 log = logging.getLogger("cancelcore.asgi")
 
@@ -683,13 +683,24 @@ def serve(
 _BACKSTOP = 5.0
 
 
+def uvicorn_server(config: Any) -> Any:
+    """A ``uvicorn.Server`` for ``config`` (a ``uvicorn.Config`` whose app
+    is a ``CancellationMiddleware``), for code that runs uvicorn's server
+    itself rather than through ``serve()``.  Its shutdown closes the
+    middleware's host: uvicorn's own SIGINT/SIGTERM handling (or
+    ``should_exit``) ends its main loop and calls ``shutdown()``; closing the
+    host from there starts ``close_timeout`` as the listeners close, so the
+    host aborts in-flight requests (HOST_ABORT, delivered so that sync
+    endpoints' threads are waited for) before uvicorn's own
+    ``timeout_graceful_shutdown`` would cancel their tasks (give it more than
+    ``close_timeout``)."""
+    mw = getattr(config, "app", None)
+    if not isinstance(mw, CancellationMiddleware):
+        raise TypeError("config.app must be a CancellationMiddleware")
+    return _uvicorn_server(mw, config)
+
+
 def _uvicorn_server(mw: CancellationMiddleware, config: Any) -> Any:
-    """A ``uvicorn.Server`` for ``config`` whose shutdown closes ``mw``'s
-    host: uvicorn's own SIGINT/SIGTERM handling ends its main loop and calls
-    ``shutdown()``; closing the host from there starts ``close_timeout`` as
-    the listeners close, so the host aborts in-flight requests (HOST_ABORT,
-    delivered so that sync endpoints' threads are waited for) before
-    uvicorn's own ``timeout_graceful_shutdown`` would cancel their tasks."""
     import uvicorn
 
     class Server(uvicorn.Server):
