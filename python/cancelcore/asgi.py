@@ -436,7 +436,7 @@ class CancellationMiddleware:
                     task.uncancel()  # type: ignore[union-attr]
         except asyncio.CancelledError:
             request.finished = True
-            if request.delivered:
+            if request.delivered and not request.by_disconnect:
                 # Ours: the request is over and accounted for.
                 uncancel = getattr(task, "uncancel", None)
                 if uncancel is not None:
