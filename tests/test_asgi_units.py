@@ -170,3 +170,17 @@ def test_offload_keeps_the_loop_running(host: ServiceHost) -> None:
     # loop keeps ticking (a generous bound for a busy CI machine).
     assert inline >= 0.019, inline
     assert off < inline, (off, inline)
+
+
+def test_uvicorn_server_needs_the_middleware() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    from cancelcore.asgi import uvicorn_server
+
+    with pytest.raises(TypeError):
+        uvicorn_server(uvicorn.Config(_app))
+    with pytest.raises(TypeError):
+        uvicorn_server(object())
+    mw = CancellationMiddleware(_app)
+    server = uvicorn_server(uvicorn.Config(mw))
+    assert isinstance(server, uvicorn.Server)
+    mw.host.close()
