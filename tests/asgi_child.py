@@ -117,7 +117,16 @@ def starlette_app() -> Any:
             say("TASKCANCEL", key)
             raise
 
-    return Starlette(routes=[
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        say("LIFESPAN startup", "op" if current_operation() is not None else "no-op")
+        yield
+        # The middleware closed its host before the app's own shutdown runs.
+        say("LIFESPAN shutdown", MIDDLEWARE[0].host.state.name if MIDDLEWARE else "?")
+
+    return Starlette(lifespan=lifespan, routes=[
         Route("/sleep/{key}", sleep), Route("/sync/{key}", sync), Route("/stream/{key}", stream),
         Route("/ok", ok), WebSocketRoute("/ws/{key}", ws),
     ])
@@ -190,6 +199,9 @@ async def plain_app(scope: Any, receive: Any, send: Any) -> None:
             return
 
 
+MIDDLEWARE: list[Any] = []
+
+
 def make(framework: str) -> Any:
     from cancelcore.asgi import CancellationMiddleware
 
@@ -201,7 +213,9 @@ def make(framework: str) -> Any:
         inner = plain_app
     else:
         raise SystemExit(f"unknown framework {framework}")
-    return CancellationMiddleware(inner, close_timeout=float(os.environ.get("CC_CLOSE_TIMEOUT", "1.0")))
+    mw = CancellationMiddleware(inner, close_timeout=float(os.environ.get("CC_CLOSE_TIMEOUT", "1.0")))
+    MIDDLEWARE.append(mw)
+    return mw
 
 
 urlpatterns = _urlpatterns()

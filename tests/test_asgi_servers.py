@@ -270,6 +270,9 @@ def test_shutdown_through_serve(child: Callable[..., Child], server: str) -> Non
     for k in socks:
         resp = responses[k]
         assert not isinstance(resp, Exception) and resp.status == 503, (k, resp, c.stderr())
+    # Lifespan ran at both ends, outside any operation, and the host was
+    # closed by the time the app's own shutdown ran.
+    assert "LIFESPAN startup no-op" in c.lines and "LIFESPAN shutdown CLOSED" in c.lines, c.lines
     c.assert_quiet()
 
 

@@ -588,6 +588,13 @@ class CancellationMiddleware:
         canceled with ``HOST_ABORT``.  Returns what ``ServiceHost.close``
         returns; True if the host was not open."""
         self.stopping = True
+        if self.host.state == HostState.CLOSING:
+            # Another path (serve(), a lifespan shutdown) is closing it: wait
+            # for that close to finish, so whoever comes next finds it CLOSED.
+            sleep = asyncio.sleep if _get_running_loop() is not None else _trio_sleep()
+            while self.host.state == HostState.CLOSING:
+                await sleep(0.005)
+            return True
         if self.host.state not in (HostState.OPEN, HostState.FAULTED):
             return True
         if _get_running_loop() is not None:
@@ -604,6 +611,12 @@ class CancellationMiddleware:
             return self.host.close()
         except CancelCoreError:  # closed meanwhile by another path
             return True
+
+
+def _trio_sleep() -> Callable[[float], Awaitable[None]]:
+    import trio
+
+    return trio.sleep
 
 
 async def _unavailable(send: Send, websocket: bool, *, accepted: bool) -> None:
