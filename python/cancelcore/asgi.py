@@ -128,7 +128,7 @@ class _Request:
     token: Any = None  # trio: the run's token
 
     def __init__(self, mw: CancellationMiddleware, receive: Receive, send: Send, channel: Any,
-                 ctx: OperationContext, websocket: bool) -> None:
+                 ctx: Optional[OperationContext], websocket: bool) -> None:
         self.mw = mw
         self.receive = receive
         self.send = send
@@ -187,7 +187,9 @@ class _Request:
         kind = message["type"]
         if kind == "http.response.start" or kind == "websocket.accept":
             self.response_started = True
-            if message.get("status") == 500 and self.ctx.cancel_reason is CancelReason.HOST_ABORT:
+            ctx = self.ctx
+            if (message.get("status") == 500 and ctx is not None
+                    and ctx.cancel_reason is CancelReason.HOST_ABORT):
                 # The framework's own error page for what the abort made the
                 # handler raise (a sync endpoint's driver error): the request
                 # was cut by the shutdown, and its client is told so.
@@ -463,6 +465,10 @@ class CancellationMiddleware:
             reason = ctx.cancel_reason
             ctx.end()
             channel.close()
+            # The context keeps our hook, the hook keeps us: without this
+            # cut every request would be a reference cycle, and the garbage
+            # collector's passes would cost more than the rest of the adapter.
+            request.ctx = None
         if error is not None:
             raise error
         if reason is not None:
@@ -534,6 +540,10 @@ class CancellationMiddleware:
             reason = ctx.cancel_reason
             ctx.end()
             channel.close()
+            # The context keeps our hook, the hook keeps us: without this
+            # cut every request would be a reference cycle, and the garbage
+            # collector's passes would cost more than the rest of the adapter.
+            request.ctx = None
             if error is None and not server_cancel:
                 with trio.CancelScope(shield=True):
                     await self._after(request, reason, server_cancel)
