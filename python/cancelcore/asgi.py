@@ -811,9 +811,11 @@ def _serve_granian(mw: CancellationMiddleware, host: str, port: int, close_timeo
     from granian.server.embed import Server
 
     options.setdefault("interface", Interfaces.ASGI)
-    server = Server(mw, address=host, port=port, **options)
 
     async def main() -> None:
+        # Made inside the running loop: on Python < 3.10 the asyncio.Event
+        # it creates binds to the loop current at construction.
+        server = Server(mw, address=host, port=port, **options)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
