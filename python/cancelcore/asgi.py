@@ -89,8 +89,12 @@ def _shielded(task: "asyncio.Task[Any]") -> bool:
 
 
 def _is_django(app: Any) -> bool:
+    """True for Django's ASGI handler (through a few wrappers) when it
+    watches for the disconnect itself and runs the view in a task of its own
+    (Django >= 5.0); older ones run the view in the request's task, which a
+    Task.cancel reaches as for any app."""
     handlers = sys.modules.get("django.core.handlers.asgi")
-    if handlers is None:
+    if handlers is None or not hasattr(handlers.ASGIHandler, "listen_for_disconnect"):
         return False
     for _ in range(8):  # through a few wrapping middlewares
         if isinstance(app, handlers.ASGIHandler):
