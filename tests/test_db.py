@@ -292,3 +292,55 @@ def test_sqlite_interrupt_from_cancel_callback(live: Callable[..., LiveServer], 
     assert outcome == ["interrupted"]
     srv.stop()
     assert srv.problems() == [], srv.problems()
+
+
+def test_psycopg_client_left_while_waiting_for_the_pool(postgres: Postgres,  # noqa: F811
+                                                         live: Callable[..., LiveServer]) -> None:
+    """The README pattern's regression: a client that leaves while its
+    request waits for a pooled connection.  Its registration then runs
+    on_cancel at once (G3), with no query yet; raise_if_canceled() stops the
+    handler before it starts one."""
+    from psycopg_pool import ConnectionPool
+
+    from cancelcore import OperationCanceledError
+
+    pool = ConnectionPool(postgres.dsn, min_size=1, max_size=1, open=True, kwargs={"autocommit": True})
+    started: list[str] = []
+    stopped: list[str] = []
+    frees: list[str] = []
+    try:
+        def query(request: Request) -> Response:
+            key = request.query_params["k"]
+            ctx = current_operation()
+            assert ctx is not None
+            conn = pool.getconn(timeout=20)
+            ctx.register_for_cancel(*offload(lambda r, c: c.cancel(),
+                                             lambda c: (pool.putconn(c), frees.append(key))), conn)
+            try:
+                ctx.raise_if_canceled()
+            except OperationCanceledError:
+                stopped.append(key)
+                raise
+            started.append(key)
+            conn.execute(SLEEP_SQL)
+            return PlainTextResponse("done")
+
+        mw = CancellationMiddleware(Starlette(routes=[Route("/q", query)]))
+        srv = live(mw)
+        first = open_request(srv.port, "/q?k=1")
+        assert wait_until(lambda: running_queries(postgres) == 1)
+        second = open_request(srv.port, "/q?k=2")
+        assert wait_until(lambda: pool.get_stats().get("requests_waiting", 0) == 1)
+        close_fin(second)  # leaves while waiting for the pool
+        time.sleep(0.2)
+        close_fin(first)  # its query is canceled; the connection goes to the second
+        assert wait_until(lambda: sorted(frees) == ["1", "2"])
+        assert started == ["1"] and stopped == ["2"]
+        assert wait_until(lambda: running_queries(postgres) == 0)
+        assert wait_until(lambda: pool.get_stats().get("pool_available", 0) == 1), pool.get_stats()
+        st = mw.host.stats
+        assert (st["cancels_channel_faulted"], st["free_states_run"], st["callback_errors"]) == (2, 2, 0)
+        srv.stop()
+        assert srv.problems() == [], srv.problems()
+    finally:
+        pool.close()
