@@ -88,11 +88,24 @@ def start_postgres() -> Iterator[Postgres]:
         return
     run_as: Optional[str] = None
     if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-            run_as = "postgres"
-        except KeyError:
-            _unavailable("running as root with no unprivileged 'postgres' user")
+        for name in ("postgres", "cancelcore-pg"):
+            try:
+                pwd.getpwnam(name)
+                run_as = name
+                break
+            except KeyError:
+                pass
+        if run_as is None and shutil.which("useradd"):
+            # PostgreSQL refuses to run as root: make a system user for it.
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                            "cancelcore-pg"], capture_output=True, check=False, timeout=60)
+            try:
+                pwd.getpwnam("cancelcore-pg")
+                run_as = "cancelcore-pg"
+            except KeyError:
+                pass
+        if run_as is None:
+            _unavailable("running as root with no unprivileged user to run PostgreSQL as")
             return
     datadir = tempfile.mkdtemp(prefix="cancelcore-pg-")
     if run_as is not None:
