@@ -422,7 +422,7 @@ class CancellationMiddleware:
         channel, ctx = begun
         request = _Request(self, receive, send, channel, ctx, websocket)
         request.loop = loop
-        task = request.task = _current_task()
+        task = request.task = _current_task(loop)
         server_cancel = False
         error: Optional[BaseException] = None
         ctx._add_hook(request.hook)
@@ -432,7 +432,10 @@ class CancellationMiddleware:
                 request.by_disconnect = True
                 request.watch()  # the pump from the start: a disconnect can be handed in
             else:
-                self._watcher(loop).add(request)
+                watcher = self._last_watcher
+                if watcher is None or watcher.loop is not loop:
+                    watcher = self._watcher(loop)
+                watcher.add(request)
             await self.app(scope, request.app_receive, request.app_send)
             if request.delivered and not request.by_disconnect:
                 # The app caught our cancellation and returned: take it back,
