@@ -437,6 +437,62 @@ def loop_stall(offloaded: bool, n: int, block: float) -> list[float]:
         host.close()
 
 
+def in_process(reps: int, n: int) -> dict[str, float]:
+    """Per-request cost in this process, no server and no sockets: a raw
+    ASGI app answering "ok", called in a loop on one task -- bare, inside a
+    channel + operation of the core only, and inside CancellationMiddleware.
+    Medians over ``reps`` runs of ``n`` requests, microseconds."""
+    from cancelcore.asgi import CancellationMiddleware
+
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"ok"}
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+
+    mw = CancellationMiddleware(raw)
+    host = mw.host
+
+    async def core(scope: Any, receive: Any, send: Any) -> None:
+        channel = host.accept_channel()
+        ctx = channel.begin_operation()
+        try:
+            await raw(scope, receive, send)
+        finally:
+            ctx.end()
+            channel.close()
+
+    scope = {"type": "http", "path": "/"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def timed(app: Any, count: int) -> float:
+        t = time.perf_counter()
+        for _ in range(count):
+            await app(scope, receive, send)
+        return (time.perf_counter() - t) / count * 1e6
+
+    async def main() -> dict[str, float]:
+        apps = {"raw": raw, "core": core, "middleware": mw}
+        got: dict[str, list[float]] = {k: [] for k in apps}
+        for app in apps.values():
+            await timed(app, n // 4)
+        for _ in range(reps):
+            for k, app in apps.items():
+                got[k].append(await timed(app, n))
+        return {k: statistics.median(v) for k, v in got.items()}
+
+    try:
+        return asyncio.run(main())
+    finally:
+        host.close()
+
+
 def run(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = args.reps or (3 if quick else 15)
@@ -575,6 +631,11 @@ def run(args: argparse.Namespace) -> int:
               f"{'met' if percentile(lat, 99) < 5.0 else 'NOT met'}")
         print(f"    FIN  {fmt(fin)}")
         print(f"    RST  {fmt(rst)}")
+    ip = in_process(3 if quick else 9, 5000 if quick else 20000)
+    print("\n  in process (a raw ASGI app called in a loop on one task; no server, no sockets), per request:")
+    print(f"    bare {ip['raw']:.2f} us; in a core channel + operation {ip['core']:.2f} us "
+          f"(+{ip['core'] - ip['raw']:.2f}); in CancellationMiddleware {ip['middleware']:.2f} us "
+          f"(+{ip['middleware'] - ip['raw']:.2f})")
     n_stall = 10 if quick else 40
     inline = loop_stall(False, n_stall, 0.005)
     off = loop_stall(True, n_stall, 0.005)
