@@ -521,26 +521,29 @@ class CancellationMiddleware:
             async with trio.open_nursery() as nursery:
                 request.pump = nursery
                 nursery.start_soon(self._trio_pump, request)
-                with trio.CancelScope() as cancel_scope:
-                    request.scope = cancel_scope
-                    ctx._add_hook(request.hook)
-                    try:
-                        await self.app(scope, request.app_receive, request.app_send)
-                    except trio.Cancelled:
-                        raise
-                    except Exception as exc:
-                        if not ctx.canceled:
-                            error = exc
-                        else:
-                            log.debug("canceled request ended with %r", exc)
+                try:
+                    with trio.CancelScope() as cancel_scope:
+                        request.scope = cancel_scope
+                        ctx._add_hook(request.hook)
+                        try:
+                            await self.app(scope, request.app_receive, request.app_send)
+                        except trio.Cancelled:
+                            raise
+                        except Exception as exc:
+                            if not ctx.canceled:
+                                error = exc
+                            else:
+                                log.debug("canceled request ended with %r", exc)
+                except trio.Cancelled:
+                    # Not ours (our scope keeps its own): the server cancelled
+                    # the request.  Caught here, inside the nursery, where it
+                    # is not yet wrapped in an exception group.
+                    request.finished = True
+                    server_cancel = True
+                    self._server_gave_up(request)
+                    raise
                 request.finished = True
                 nursery.cancel_scope.cancel()  # the pump
-        except trio.Cancelled:
-            # The server cancelled the request (its connection's scope).
-            request.finished = True
-            server_cancel = True
-            self._server_gave_up(request)
-            raise
         finally:
             request.finished = True
             _current.reset(token)
