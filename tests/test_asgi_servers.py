@@ -358,6 +358,12 @@ def test_server_own_shutdown_still_cancels_once(child: Callable[..., Child], ser
     adapter cannot tell that from any other server cancellation without
     reading text, so the request is canceled as its channel's fault -- once,
     before its free-state -- and nothing is logged as an app error."""
+    if server == "hypercorn-bare" and sys.version_info >= (3, 12):
+        # Not the adapter: hypercorn's asyncio worker alone (a plain
+        # Starlette app, no middleware) never exits on these Pythons, since
+        # asyncio's Server.wait_closed() waits for open connections before
+        # hypercorn would cancel them.  serve() aborts first, so it exits.
+        pytest.skip("hypercorn's asyncio worker hangs at SIGTERM with a request in flight on Python >= 3.12")
     c = child(server)
     s = open_request(c.port, "/sleep/b")
     assert c.wait_for("ENTER b"), c.stderr()
