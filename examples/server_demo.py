@@ -66,7 +66,7 @@ __all__ = ["main", "run_server_demo"]
 
 HOST = "127.0.0.1"
 CONCURRENCY = 30  # clients in flight during the traffic phase
-GRACE = 1  # uvicorn's timeout_graceful_shutdown, seconds
+GRACE = 3  # uvicorn's timeout_graceful_shutdown, seconds: a backstop after the host's close_timeout
 CLOSE_TIMEOUT = 1.0  # the middleware host's close timeout
 STEP = 0.02  # a slow query's sleep step; a stream's pause between chunks
 LONG = 30.0  # "long" requests only end by being canceled
@@ -317,7 +317,11 @@ class Server:
             app, http="h11", loop="asyncio", lifespan="on", log_config=None,
             access_log=False, timeout_graceful_shutdown=GRACE,
         )
-        self.server = uvicorn.Server(config)
+        # The middleware's server: its shutdown aborts the host before
+        # uvicorn's own timeout would cancel the requests' tasks.
+        from .asgi import uvicorn_server
+
+        self.server = uvicorn_server(config)
         self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
         self.error: Optional[BaseException] = None
         self.log = _Collect()

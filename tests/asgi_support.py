@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Optional
 import uvicorn
 
 from cancelcore import CancelReason, current_operation
+from cancelcore.asgi import CancellationMiddleware, uvicorn_server
 from measure import percentile  # support/ (on sys.path via conftest): shared with bench/, examples/
 
 HOST = "127.0.0.1"
@@ -183,11 +184,13 @@ class LiveServer:
         self.port: int = self.sock.getsockname()[1]
         options: dict[str, Any] = dict(
             http="h11", loop="asyncio", lifespan="on", log_config=None,
-            access_log=False, timeout_graceful_shutdown=5,
+            access_log=False, timeout_graceful_shutdown=8,
         )
         options.update(config)
         self.config = uvicorn.Config(app, **options)
-        self.server = uvicorn.Server(self.config)
+        # A middleware's server closes its host at shutdown, as serve() does.
+        self.server = (uvicorn_server(self.config) if isinstance(app, CancellationMiddleware)
+                       else uvicorn.Server(self.config))
         self.thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
         self.error: Optional[BaseException] = None
         self.stop_seconds: Optional[float] = None
