@@ -319,7 +319,7 @@ class Server:
         )
         # The middleware's server: its shutdown aborts the host before
         # uvicorn's own timeout would cancel the requests' tasks.
-        from .asgi import uvicorn_server
+        from cancelcore.asgi import uvicorn_server
 
         self.server = uvicorn_server(config)
         self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
