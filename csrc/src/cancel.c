@@ -185,8 +185,19 @@ static void deliver(cc_host *host, cc_batch *q, cc_reason reason, int64_t trigge
                                                       : &host->cancels_fault,
                               n, memory_order_relaxed);
     atomic_fetch_add_explicit(&host->user_cancels, users, memory_order_relaxed);
+    /* The batch has returned: drop every run first, then finish what ends
+     * left to us -- a free-state run by a finish may end a batch-mate, which
+     * must not wait for a run this thread still held. */
+    cc_after after[CC_BATCH];
+    uint64_t st[CC_BATCH];
     for (unsigned i = 0; i < n; i++)
-        after_run(run[i], true);
+        after[i] = cc_st_drop_run(run[i], true, &st[i]);
+    for (unsigned i = 0; i < n; i++) {
+        if (after[i] == CC_AFTER_FINISH)
+            (void)cc_finish(run[i], st[i], false);
+        else if (after[i] == CC_AFTER_RELEASE)
+            cc_inflight_release(run[i], st[i]);
+    }
 }
 
 static void run_list(cc_host *host, uint32_t list, cc_reason reason, int64_t trigger_ns)

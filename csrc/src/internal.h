@@ -186,9 +186,11 @@ typedef enum cc_end {
     CC_ENDING_PROCEED,   /* not busy: finish it now */
     CC_ENDING_OVERTAKE,  /* a queued run will never start: free-state now */
     CC_ENDING_DEFERRED, /* inside its own callback: its owner finishes it */
-    CC_ENDING_WAIT       /* busy on another thread: cc_st_wait_not_busy */
+    CC_ENDING_WAIT,      /* busy on another thread: cc_st_wait_not_busy */
+    CC_ENDING_BUSY       /* (!may_wait) it would wait: nothing changed */
 } cc_end;
-cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, uint64_t *s);
+cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, bool may_wait,
+                       uint64_t *s);
 /* Sleeps until the slot is no longer busy; returns the state word. */
 uint64_t cc_st_wait_not_busy(cc_slot *slot);
 /* Registration only: sleeps until no run owns the slot. */

@@ -211,7 +211,15 @@ static int64_t end(uintptr_t h, bool watched)
     cc_slot *slot = live_slot(h, &gen, &s);
     if (!slot || watched != ((s & ST_WATCH) != 0))
         return CC_E_INVALID_OPERATION;
-    switch (cc_st_begin_end(slot, gen, cc_in_callback(slot, NULL), &s)) {
+    cc_end how = cc_st_begin_end(slot, gen, cc_in_callback(slot, NULL), false, &s);
+    if (how == CC_ENDING_BUSY) {
+        /* Busy with a run that has started: on another thread, wait for it
+         * (G5); but a run this thread queued and will deliver once the
+         * callback it is in returns is its own: deferred, as inside it. */
+        how = cc_st_begin_end(slot, gen, cc_owns_queued(slot), true, &s);
+    }
+    switch (how) {
+    case CC_ENDING_BUSY: /* (not with may_wait) */
     case CC_ENDING_STALE:
         return CC_E_INVALID_OPERATION;
     case CC_ENDING_DEFERRED:

@@ -183,7 +183,8 @@ static inline bool overtakable(uint64_t s)
     return (s & ST_RUNNING) && !(s & ST_INVOKED) && !((s & ST_REG) && !(s & ST_ARMED));
 }
 
-cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, uint64_t *out)
+cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, bool may_wait,
+                       uint64_t *out)
 {
     uint64_t s = cc_st_load(slot);
     for (;;) {
@@ -210,6 +211,8 @@ cc_end cc_st_begin_end(cc_slot *slot, uint32_t gen, bool in_callback, uint64_t *
             }
             continue;
         }
+        if (!may_wait)
+            return CC_ENDING_BUSY;
         /* Busy on another thread: WAITING is set under the wait lock, so
          * the wake-up that follows cannot be missed. */
         bool claimed = false;
