@@ -16,7 +16,7 @@ TSAN_SCALE ?= 0.5
 
 .PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py venv bench bench-c bench-py bench-asgi demo demo-c clean
 
-test: test-c test-py
+test: test-c test-py fuzz
 
 # A fresh virtual environment with the wheel built and installed from this
 # tree (not an editable install: the test runs what users get).
@@ -135,6 +135,6 @@ fuzz: fuzz-build
 # Which known core bugs (tests/fuzz/README.md) are still there: informational,
 # never fails.
 fuzz-known-bugs: fuzz-build
-	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF
-	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_stale_per_thread cc_repro_visit_race cc_repro_g3_vs_end
+	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF -DCC_FUZZ_REPLAY=ON
+	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_watched_g3_queued
 	tests/fuzz/known_bugs.sh $(BUILD)/fuzz/cc_fuzz $(BUILD)/plain
