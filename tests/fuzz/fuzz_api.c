@@ -66,6 +66,11 @@ static struct {
      "cc_op_register_watched on a canceled watched operation whose CANCELED notice "
      "is queued for this thread's own batch (e.g. from a C callback of the same "
      "fan-out) waits for that batch: a self-deadlock; the harness avoids the call"},
+#define KB_WATCHED_END_QUEUED 1
+    {"watched_end_queued", true,
+     "cc_op_end(_watched) from a C callback on a watched operation gathered into the "
+     "same fan-out's batch, not yet delivered, waits for that batch: a self-deadlock; "
+     "the harness avoids the call"},
 };
 #define NKB ((int)(sizeof g_kb / sizeof g_kb[0]))
 #define TOLERATE(k) (g_kb[k].tolerate)
@@ -1497,6 +1502,11 @@ static void do_end(tgt t, bool wrong)
         EXPECT(got == CC_E_INVALID_OPERATION, "%s of an ended operation or of the other "
                "kind returned %lld, the contract says CC_E_INVALID_OPERATION (G10)", what,
                (long long)got);
+        return;
+    }
+    if (o->watched && o->claimed && !o->invoked && !o->overtaken && o->active == 0
+        && !o->reg_in_progress && TOLERATE(KB_WATCHED_END_QUEUED)) {
+        trace("(skipped: end of queued op%d [known bug watched_end_queued])", x);
         return;
     }
     frame *f = push_frame(what, x);

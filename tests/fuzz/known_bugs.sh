@@ -8,9 +8,11 @@ fuzz=$1
 repros=$2
 dir=$(dirname "$0")/known
 say() { if [ "$2" = 0 ]; then echo "$1: fixed or not reproduced (turn its switch off: tests/fuzz/README.md)"; else echo "$1: STILL PRESENT"; fi; }
-# watched_g3_queued deadlocks while present: cut after 20 s.
-CC_FUZZ_STRICT=watched_g3_queued timeout 20 "$fuzz" "$dir/watched_g3_queued" >/dev/null 2>&1
-say "watched_g3_queued (fuzz input)" $?
-"$repros/cc_repro_watched_g3_queued" >/dev/null 2>&1
-say "watched_g3_queued (C reproducer)" $?
+# Both deadlock while present: cut after 20 s.
+for bug in watched_g3_queued watched_end_queued; do
+  CC_FUZZ_STRICT=$bug timeout 20 "$fuzz" "$dir/$bug" >/dev/null 2>&1
+  say "$bug (fuzz input)" $?
+  "$repros/cc_repro_$bug" >/dev/null 2>&1
+  say "$bug (C reproducer)" $?
+done
 exit 0

@@ -155,6 +155,13 @@ KNOWN = {
                                       REGISTER, 0, *reg(FREE_FN, a0=(REG_OTHER, 1)),
                                       ABORT, 0, *reg(FREE_FN),  # (read by the callback)
                                       END, 0, END, 1],
+    # OPEN watched_end_queued: the same fan-out, op0's C callback ends
+    # watched op1 (registered) and op2 (not); one was gathered into the batch
+    # before op0's callback ran: its end waits for this thread's batch.
+    "watched_end_queued": host_up() + [CH_OPEN, 0, 0, BEGIN_W, 0, BEGIN, 0, BEGIN_W, 0,
+                                       REGISTER, 1, *reg(FREE_FN, a0=(END_OTHER, 0), a1=(END_OTHER, 2)),
+                                       REGISTER, 0, *reg(FREE_FN),
+                                       ABORT, 0, STATS, 0],
 }
 
 
