@@ -71,6 +71,12 @@ static struct {
      "cc_op_end(_watched) from a C callback on a watched operation gathered into the "
      "same fan-out's batch, not yet delivered, waits for that batch: a self-deadlock; "
      "the harness avoids the call"},
+#define KB_BATCH_FINISH_HOLD 2
+    {"batch_finish_hold", true,
+     "after a batch returns, the core finishes its ops' deferred ends one by one while "
+     "the later batch-mates still hold their run: a free-state or ENDED notice that ends "
+     "or registers on a later batch-mate waits for it: a self-deadlock; the harness "
+     "avoids the call"},
 };
 #define NKB ((int)(sizeof g_kb / sizeof g_kb[0]))
 #define TOLERATE(k) (g_kb[k].tolerate)
@@ -213,6 +219,7 @@ typedef struct {
     int claim_phase;
     bool end_begun, defer_end, released;
     int active;          /* runs of it (callbacks, batches) on the stack */
+    unsigned held_frame; /* in a returned batch of this frame, run not yet dropped */
     bool endpoint_cb;
     int cancel_runs, free_runs;
     int notices, user_runs, timed; /* watched: CANCELED / RUN_USER notices; latency-timed runs */
@@ -581,6 +588,21 @@ static void pop_frame(void)
     flush(f);
     g_nframes--;
 }
+static bool frame_on_stack(unsigned serial)
+{
+    for (int i = 0; i < g_nframes; i++)
+        if (g_frames[i].serial == serial)
+            return true;
+    return false;
+}
+
+/* Known bug batch_finish_hold: is x a batch-mate still held by the core? */
+static bool held(int x)
+{
+    mop *o = &g_ops[x];
+    return o->held_frame && frame_on_stack(o->held_frame) && TOLERATE(KB_BATCH_FINISH_HOLD);
+}
+
 static bool ctx_has_host(int h)
 {
     for (int i = 0; i < g_nctx; i++)
@@ -893,6 +915,8 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
     for (size_t i = 0; i < count; i++) {
         g_ops[xs[i]].active--;
         g_ops[xs[i]].returned = true;
+        if (i > 0)
+            g_ops[xs[i]].held_frame = f->serial;
     }
     trace("<- binding batch");
     for (size_t i = 0; i < count; i++)
@@ -1431,6 +1455,11 @@ static void do_register(tgt t, int r, bool cancel_null)
             g_regs[r].state = REG_FAILED;
             return;
         }
+        if (held(x)) {
+            trace("(skipped: register on held op%d [known bug batch_finish_hold])", x);
+            g_regs[r].state = REG_FAILED;
+            return;
+        }
         fired = m_visit(g_ops[x].host, CC_FAULT_AT_REGISTER);
         want = fired & F_NOMEM ? CC_E_NOMEM : CC_OK;
         proceeds = want == CC_OK;
@@ -1507,6 +1536,10 @@ static void do_end(tgt t, bool wrong)
     if (o->watched && o->claimed && !o->invoked && !o->overtaken && o->active == 0
         && !o->reg_in_progress && TOLERATE(KB_WATCHED_END_QUEUED)) {
         trace("(skipped: end of queued op%d [known bug watched_end_queued])", x);
+        return;
+    }
+    if (held(x)) {
+        trace("(skipped: end of held op%d [known bug batch_finish_hold])", x);
         return;
     }
     frame *f = push_frame(what, x);
