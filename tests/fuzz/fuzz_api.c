@@ -567,13 +567,13 @@ static void arrive_finish(frame *f, int x)
     }
 }
 
-/* A run of op x returned: a deferred end it was holding finishes now. */
-static void run_returned(frame *f, int x)
+/* A run of op x (claimed by phase parent of f) returned: a deferred end it
+ * was holding finishes now. */
+static void run_returned(frame *f, int x, int parent)
 {
     mop *o = &g_ops[x];
     if (o->defer_end && o->active == 0 && !o->reg_in_progress) {
         o->defer_end = false;
-        int parent = o->claim_frame == f->serial ? o->claim_phase : f->next - 1;
         int pos = f->next; /* after the finishes already due from this phase */
         while (pos < f->nph && f->ph[pos].parent >= 0
                && (f->ph[pos].parent == parent || ancestor(f, parent, pos)))
@@ -728,7 +728,8 @@ static void cancel_cb(cc_reason reason, void *state)
     EXPECT(o->cancel_runs == 0, "op%d's cancel callback ran twice (G1)", x);
     EXPECT(o->free_runs == 0, "op%d's cancel callback ran after its free-state (G5)", x);
     EXPECT(!o->end_begun || endpoint, "op%d's cancel callback started after its end began (G5)", x);
-    int pk = f->ph[o->claim_phase].kind;
+    int cp = o->claim_phase;
+    int pk = f->ph[cp].kind;
     if (pk == PH_CHAN || pk == PH_ABORT)
         o->timed++;
     o->invoked = true;
@@ -750,7 +751,7 @@ static void cancel_cb(cc_reason reason, void *state)
     o->endpoint_cb = was_endpoint;
     o->returned = true;
     trace("<- cancel callback of op%d", x);
-    run_returned(f, x);
+    run_returned(f, x, cp);
 }
 
 /* A registration's free-state: by the core (C ops, free_cb), by the binding
@@ -846,7 +847,7 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
         trace("<- binding: ENDED op%d", x);
         return;
     }
-    int xs[64];
+    int xs[64], cps[64];
     for (size_t i = 0; i < count; i++) {
         int x = find_watched(h, n[i].op);
         EXPECT(x >= 0, "notice for handle %lld, no watched op in flight on host%d has it",
@@ -856,6 +857,7 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
         trace("-> binding: op%d what %lld key %lld (%zu of %zu)", x, (long long)n[i].what,
               (long long)n[i].user_key, i + 1, count);
         arrive(f, x, "notice");
+        cps[i] = o->claim_phase;
         EXPECT(o->claim_kind != CL_C, "harness: op%d claim kind", x);
         bool user = o->claim_kind == CL_G3 || o->claim_user;
         int64_t bits = (o->claim_kind == CL_NOTICE ? CC_NOTICE_CANCELED : 0)
@@ -920,7 +922,7 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
     }
     trace("<- binding batch");
     for (size_t i = 0; i < count; i++)
-        run_returned(f, xs[i]);
+        run_returned(f, xs[i], cps[i]);
 }
 
 /* ------------------------------------------------------ host calls */
