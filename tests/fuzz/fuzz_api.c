@@ -227,9 +227,9 @@ typedef struct {
 
 enum { CL_C, CL_NOTICE, CL_G3 };
 
-enum { PH_CHAN, PH_ABORT, PH_ENDCANCEL, PH_G3, PH_FINISH };
+enum { PH_CHAN, PH_ABORT, PH_ENDCANCEL, PH_G3, PH_FINISH, PH_ENDVISIT };
 static const char *const ph_name[] = {"channel fault", "host abort", "cancel at end", "G3 run",
-                                      "finish"};
+                                      "finish", "END visit"};
 
 /* parent: -1 for a phase planned when the call began; else the phase during
  * whose run it was inserted (a deferred end's finish), which it precedes. */
@@ -359,12 +359,20 @@ static void add_fault_phases(frame *f, unsigned fired, int ch, int host)
 
 /* An operation's finish (the header: every end on a live handle visits
  * CC_FAULT_AT_END once, when the operation is finished): the plan's END
- * visit -- its channel fault, then its host abort, then the cancel of the
- * ending operation itself -- then free-state and the release.  Inserted at
- * pos of f, as children of phase parent (they all run before any further
- * callback of that phase). */
+ * visit (made when the phase is applied: visits count in the order the core
+ * makes them) -- its channel fault, then its host abort, then the cancel of
+ * the ending operation itself -- then free-state and the release.  Inserted
+ * at pos of f, as children of phase parent (they all run before any further
+ * run of that phase). */
 static void add_finish(frame *f, int pos, int x, int parent)
 {
+    insert_phase(f, pos, PH_ENDVISIT, x, CC_NOT_CANCELED, parent);
+    insert_phase(f, pos + 1, PH_FINISH, x, CC_NOT_CANCELED, parent);
+}
+
+static void apply_endvisit(frame *f, int p)
+{
+    int x = f->ph[p].arg, parent = f->ph[p].parent, pos = p + 1;
     mop *o = &g_ops[x];
     unsigned fired = m_visit(o->host, CC_FAULT_AT_END);
     if (fired & F_CHAN)
@@ -372,9 +380,8 @@ static void add_finish(frame *f, int pos, int x, int parent)
     if (fired & F_ABORT)
         insert_phase(f, pos++, PH_ABORT, o->host, CC_HOST_ABORT, parent);
     if (fired)
-        insert_phase(f, pos++, PH_ENDCANCEL, x, fired & F_CHAN ? CC_CHANNEL_FAULTED : CC_HOST_ABORT,
+        insert_phase(f, pos, PH_ENDCANCEL, x, fired & F_CHAN ? CC_CHANNEL_FAULTED : CC_HOST_ABORT,
                      parent);
-    insert_phase(f, pos, PH_FINISH, x, CC_NOT_CANCELED, parent);
 }
 
 static void stale_push(cc_op *h, bool watched)
@@ -489,6 +496,9 @@ static void apply_phase(frame *f, int p)
     }
     case PH_FINISH:
         release(ph->arg);
+        break;
+    case PH_ENDVISIT:
+        apply_endvisit(f, p);
         break;
     }
 }
