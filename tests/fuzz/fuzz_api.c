@@ -814,13 +814,14 @@ static int find_watched(int h, int64_t v)
             return x;
     }
     /* A watched op canceled inside its own cc_op_begin_watched (the plan's
-     * BEGIN point): its handle is not returned yet. */
-    for (int x = 0; x < MAXOP; x++) {
-        mop *o = &g_ops[x];
-        if (o->used && o->watched && !o->released && o->host == h && !o->known) {
-            o->h = (cc_op *)(intptr_t)v;
-            return x;
-        }
+     * BEGIN point): its handle is not returned yet; its begin is the
+     * innermost call (the frame's op). */
+    frame *f = top();
+    int x = f ? f->op : -1;
+    if (x >= 0 && g_ops[x].used && g_ops[x].watched && !g_ops[x].known && !g_ops[x].released
+        && g_ops[x].host == h && !g_ops[x].h) {
+        g_ops[x].h = (cc_op *)(intptr_t)v;
+        return x;
     }
     return -1;
 }
@@ -1389,7 +1390,7 @@ static void do_begin(int c, bool null_out, bool watched)
     }
     const char *what = watched ? "cc_op_begin_watched" : "cc_op_begin";
     trace("%s(chan%d%s) -> op%d", what, c, null_out ? ", NULL" : "", x);
-    frame *f = push_frame(what, -1);
+    frame *f = push_frame(what, watched ? x : -1);
     if (x >= 0)
         add_fault_phases(f, fired, c, g_chans[c].host);
     cc_op *op = NULL;
