@@ -1762,14 +1762,12 @@ static void null_battery(void)
                       CC_E_INVALID_ARG);
             break;
         }
-    static const cc_status all[] = {CC_OK, CC_E_INVALID_ARG, CC_E_INVALID_OPERATION,
-                                    CC_E_OBJECT_FAULTED, CC_E_OPERATION_ABORTED, CC_E_NOMEM,
-                                    CC_E_TIMEOUT};
-    static const char *const names[] = {"CC_OK", "CC_E_INVALID_ARG", "CC_E_INVALID_OPERATION",
-                                        "CC_E_OBJECT_FAULTED", "CC_E_OPERATION_ABORTED",
-                                        "CC_E_NOMEM", "CC_E_TIMEOUT"};
-    for (int i = 0; i < 7; i++)
-        EXPECT(strcmp(cc_status_str(all[i]), names[i]) == 0, "cc_status_str(%d)", all[i]);
+    /* Every status of the header's list has its own name. */
+#define CHECK_STATUS_(name, value, meaning)                                          \
+    EXPECT(name == value && strcmp(cc_status_str(name), #name) == 0,                 \
+           "cc_status_str(%d) is %s, CC_STATUS_LIST says " #name, value, cc_status_str(name));
+    CC_STATUS_LIST(CHECK_STATUS_)
+#undef CHECK_STATUS_
     EXPECT(strcmp(cc_status_str((cc_status)-99), "CC_E_UNKNOWN") == 0, "cc_status_str(-99)");
 }
 
