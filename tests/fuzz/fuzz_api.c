@@ -220,6 +220,8 @@ typedef struct {
     bool end_begun, defer_end, released;
     int active;          /* runs of it (callbacks, batches) on the stack */
     unsigned held_frame; /* in a returned batch of this frame, run not yet dropped */
+    bool deferred;       /* its end was deferred: a watched op gets an ENDED notice */
+    int ended_notices;
     bool endpoint_cb;
     int cancel_runs, free_runs;
     int notices, user_runs, timed; /* watched: CANCELED / RUN_USER notices; latency-timed runs */
@@ -483,6 +485,7 @@ static void apply_phase(frame *f, int p)
              * the register call finishes the operation. */
             r->state = REG_FAILED;
             f->g3_status = CC_E_INVALID_OPERATION;
+            o->deferred = true;
             add_finish(f, p + 1, x, p);
         } else {
             o->armed = true;
@@ -494,9 +497,15 @@ static void apply_phase(frame *f, int p)
         }
         break;
     }
-    case PH_FINISH:
+    case PH_FINISH: {
+        mop *o = &g_ops[ph->arg];
+        int want = o->watched && o->deferred && g_hosts[o->host].bound;
+        EXPECT(o->ended_notices == want, "op%d finished; its binding got %d ENDED notices, the "
+               "contract says %d (a deferred end of a watched op: exactly one)", ph->arg,
+               o->ended_notices, want);
         release(ph->arg);
         break;
+    }
     case PH_ENDVISIT:
         apply_endvisit(f, p);
         break;
@@ -584,6 +593,7 @@ static void run_returned(frame *f, int x, int parent)
     mop *o = &g_ops[x];
     if (o->defer_end && o->active == 0 && !o->reg_in_progress) {
         o->defer_end = false;
+        o->deferred = true;
         int pos = f->next; /* after the finishes already due from this phase */
         while (pos < f->nph && f->ph[pos].parent >= 0
                && (f->ph[pos].parent == parent || ancestor(f, parent, pos)))
@@ -846,6 +856,9 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
         mop *o = &g_ops[x];
         EXPECT(o->end_begun && !o->released, "ENDED notice for op%d, whose end did not begin (G4)", x);
         arrive_finish(f, x);
+        EXPECT(o->deferred && o->ended_notices == 0, "op%d: an ENDED notice for an end that was "
+               "not deferred, or a second one", x);
+        o->ended_notices++;
         bool due = o->armed && g_regs[o->reg].has_free;
         int64_t key = o->armed ? o->reg + 2 : 0;
         EXPECT(n[0].what == (CC_NOTICE_ENDED | (due ? CC_NOTICE_FREE_DUE : 0))
