@@ -15,4 +15,6 @@ for bug in watched_g3_queued watched_end_queued batch_finish_hold; do
   "$repros/cc_repro_$bug" >/dev/null 2>&1
   say "$bug (C reproducer)" $?
 done
+CC_FUZZ_STRICT=watched_end_queued timeout 20 "$fuzz" "$dir/watched_end_queued_register" >/dev/null 2>&1
+say "watched_end_queued (during the op's registration: notice after its end began)" $?
 exit 0
