@@ -56,14 +56,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-from bench_python import cpu_model  # this folder is on sys.path when run as a script
-from cancelcore._server_demo import percentile
+# support/: the measurement helpers shared with the tests and the examples.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
+from measure import cpu_model, machine_line, percentile  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 READ_TIMEOUT = 10.0  # any single read of the load generator
 HOLD_SECONDS = 30.0  # the streaming endpoint's wait: only a disconnect ends it early
+
+
+VARIANTS = ("plain", "passthrough", "basehttp", "middleware", "aiofence", "fastapi-disconnect")
 
 
 class BenchFailure(Exception):
@@ -126,10 +130,39 @@ def serve(kind: str) -> int:
 
         return StreamingResponse(body(), media_type="text/plain")
 
-    app: Any = Starlette(routes=[Route("/hello", hello), Route("/hold/{key}", hold)])
+    def hello_sync(request: Request) -> Response:
+        nonlocal served
+        served += 1
+        return PlainTextResponse("ok")
+
+    variant, _, http = kind.partition("/")
+    app: Any = Starlette(routes=[Route("/hello", hello), Route("/hello-sync", hello_sync),
+                                 Route("/hold/{key}", hold)])
     mw: Optional[CancellationMiddleware] = None
-    if kind == "middleware":
+    if variant == "middleware":
         app = mw = CancellationMiddleware(app, close_timeout=2.0)
+    elif variant == "passthrough":
+        inner = app
+
+        async def passthrough(scope: Any, receive: Any, send: Any) -> None:
+            await inner(scope, receive, send)
+
+        app = passthrough
+    elif variant == "basehttp":
+        from starlette.middleware.base import BaseHTTPMiddleware
+
+        async def dispatch(request: Request, call_next: Any) -> Response:
+            return await call_next(request)  # type: ignore[no-any-return]
+
+        app = BaseHTTPMiddleware(app, dispatch=dispatch)
+    elif variant == "fastapi-disconnect":
+        from fastapi_disconnect import CancelOnDisconnectMiddleware
+
+        app = CancelOnDisconnectMiddleware(app)
+    elif variant == "aiofence":
+        from aiofence.contrib.starlette import DisconnectMiddleware
+
+        app = DisconnectMiddleware(app)
 
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets
     # whose proto says TCP, and accepted ones inherit it (without it every
@@ -138,7 +171,7 @@ def serve(kind: str) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
     sock.listen(1024)
-    config = uvicorn.Config(app, http="h11", loop="asyncio", lifespan="on", log_level="warning",
+    config = uvicorn.Config(app, http=http or "h11", loop="asyncio", lifespan="on", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
 
@@ -241,13 +274,13 @@ class LoadResult:
         return self.server_cpu_ns / self.ok / 1e3
 
 
-async def _one_connection(port: int, state: dict[str, int], result: LoadResult,
+async def _one_connection(port: int, state: dict[str, int], result: LoadResult, path: str,
                           deadline: float) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), READ_TIMEOUT)
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = f"GET /hello HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
     try:
         while True:
             if state["left"] <= 0:
@@ -277,7 +310,8 @@ async def _one_connection(port: int, state: dict[str, int], result: LoadResult,
             pass
 
 
-async def load(port: int, requests: int, connections: int, time_bound: float) -> LoadResult:
+async def load(port: int, requests: int, connections: int, time_bound: float,
+               path: str = "/hello") -> LoadResult:
     """Sends `requests` GET /hello over `connections` keep-alive connections;
     no new request after `time_bound` seconds (those in flight finish)."""
     result = LoadResult(requests)
@@ -285,7 +319,7 @@ async def load(port: int, requests: int, connections: int, time_bound: float) ->
     t0 = time.perf_counter()
     deadline = time.monotonic() + time_bound
     outcomes = await asyncio.gather(
-        *(_one_connection(port, state, result, deadline) for _ in range(connections)),
+        *(_one_connection(port, state, result, path, deadline) for _ in range(connections)),
         return_exceptions=True,
     )
     result.seconds = time.perf_counter() - t0
@@ -351,6 +385,115 @@ def machine() -> None:
               "          the ratio still compares the two servers under the same client.")
 
 
+def loop_stall(offloaded: bool, n: int, block: float) -> list[float]:
+    """Per cancel, the longest gap (ms) of a 1 ms ticker on the event loop
+    while an operation whose cancel callback blocks ``block`` seconds (as
+    psycopg's conn.cancel(), a network round trip, does) is canceled from
+    the loop's thread, as a disconnect is: inline, and through offload()."""
+    import cancelcore
+    from cancelcore.asgi import offload
+
+    host = cancelcore.ServiceHost()
+    host.open()
+
+    async def main() -> list[float]:
+        gaps: list[float] = []
+        for _ in range(n):
+            worst = 0.0
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal worst
+                last = time.perf_counter()
+                while not stop:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    worst = max(worst, now - last)
+                    last = now
+
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0.005)
+            worst = 0.0
+            ch = host.accept_channel()
+            ctx = ch.begin_operation()
+
+            def blocking(reason: Any, state: Any) -> None:
+                time.sleep(block)
+
+            if offloaded:
+                ctx.register_for_cancel(*offload(blocking))
+            else:
+                ctx.register_for_cancel(blocking)
+            ch.fault()
+            ctx.end()
+            await asyncio.sleep(block + 0.005)
+            stop = True
+            await tick
+            gaps.append(worst * 1e3)
+        return gaps
+
+    try:
+        return asyncio.run(main())
+    finally:
+        host.close()
+
+
+def in_process(reps: int, n: int) -> dict[str, float]:
+    """Per-request cost in this process, no server and no sockets: a raw
+    ASGI app answering "ok", called in a loop on one task -- bare, inside a
+    channel + operation of the core only, and inside CancellationMiddleware.
+    Medians over ``reps`` runs of ``n`` requests, microseconds."""
+    from cancelcore.asgi import CancellationMiddleware
+
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"ok"}
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+
+    mw = CancellationMiddleware(raw)
+    host = mw.host
+
+    async def core(scope: Any, receive: Any, send: Any) -> None:
+        channel = host.accept_channel()
+        ctx = channel.begin_operation()
+        try:
+            await raw(scope, receive, send)
+        finally:
+            ctx.end()
+            channel.close()
+
+    scope = {"type": "http", "path": "/"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def timed(app: Any, count: int) -> float:
+        t = time.perf_counter()
+        for _ in range(count):
+            await app(scope, receive, send)
+        return (time.perf_counter() - t) / count * 1e6
+
+    async def main() -> dict[str, float]:
+        apps = {"raw": raw, "core": core, "middleware": mw}
+        got: dict[str, list[float]] = {k: [] for k in apps}
+        for app in apps.values():
+            await timed(app, n // 4)
+        for _ in range(reps):
+            for k, app in apps.items():
+                got[k].append(await timed(app, n))
+        return {k: statistics.median(v) for k, v in got.items()}
+
+    try:
+        return asyncio.run(main())
+    finally:
+        host.close()
+
+
 def run(args: argparse.Namespace) -> int:
     quick = args.quick
     reps = args.reps or (3 if quick else 15)
@@ -369,61 +512,71 @@ def run(args: argparse.Namespace) -> int:
 
     servers: dict[str, ServerProcess] = {}
     failures: list[str] = []
+    unavailable: dict[str, str] = {}
+    # (label, server, path): each compared with plain on the same parser and endpoint.
+    runs: list[tuple[str, str, str]] = []
+    for http in ("h11", "httptools"):
+        for variant in VARIANTS:
+            runs.append((f"{variant}/{http}", f"{variant}/{http}", "/hello"))
+    runs += [("plain/h11 sync", "plain/h11", "/hello-sync"), ("middleware/h11 sync", "middleware/h11", "/hello-sync")]
     try:
-        for kind in ("plain", "middleware"):
-            servers[kind] = ServerProcess(kind)
-        rps: dict[str, list[float]] = {"plain": [], "middleware": []}
-        cpu: dict[str, list[float]] = {"plain": [], "middleware": []}
-        pair_ratios: list[float] = []
+        for label, key, path in list(runs):
+            if key in servers or key in unavailable:
+                continue
+            try:
+                servers[key] = ServerProcess(key)
+            except RuntimeError as exc:
+                unavailable[key] = str(exc).splitlines()[-1][:160] if str(exc) else "failed"
+        runs = [r for r in runs if r[1] in servers]
+        rps: dict[str, list[float]] = {r[0]: [] for r in runs}
+        cpu: dict[str, list[float]] = {r[0]: [] for r in runs}
 
-        def one(kind: str, n: int) -> LoadResult:
-            srv = servers[kind]
+        def one(key: str, path: str, n: int) -> LoadResult:
+            srv = servers[key]
             cpu0 = srv.cpu_ns()
-            res = asyncio.run(load(srv.port, n, conns, bound))
+            res = asyncio.run(load(srv.port, n, conns, bound, path))
             cpu1 = srv.cpu_ns()
             if cpu0 is not None and cpu1 is not None:
                 res.server_cpu_ns = cpu1 - cpu0
             srv.sent += res.sent
             check(res.ok == res.sent and not res.bad,
-                  f"{kind}: {res.ok} of {res.sent} requests answered 200 ok; {res.bad[:3]}")
-            check(res.sent == n or res.bounded, f"{kind}: sent {res.sent} of {n}")
+                  f"{key}{path}: {res.ok} of {res.sent} requests answered 200 ok; {res.bad[:3]}")
+            check(res.sent == n or res.bounded, f"{key}{path}: sent {res.sent} of {n}")
             return res
 
-        for kind in servers:  # warm-up, untimed
-            one(kind, max(requests // 4, 100))
-        print(f"  {'':>3}  {'':<20} {'requests per second':^34}   {'server CPU per request':^29}")
-        print(f"  {'rep':>3}  {'order':<20} {'plain':>10} {'middleware':>12} {'ratio':>8}   "
-              f"{'plain':>9} {'middleware':>11} {'+':>7}")
+        for label, key, path in runs:  # warm-up, untimed
+            one(key, path, max(requests // 4, 100))
         for rep in range(reps):
-            order = ["plain", "middleware"] if rep % 2 == 0 else ["middleware", "plain"]
-            got: dict[str, LoadResult] = {}
-            for kind in order:
-                got[kind] = one(kind, requests)
-                rps[kind].append(got[kind].rps)
-                cpu[kind].append(got[kind].cpu_us)
-            pair_ratios.append(got["middleware"].rps / got["plain"].rps)
-            bounded = " (time bound hit)" if any(r.bounded for r in got.values()) else ""
-            p_cpu, m_cpu = got["plain"].cpu_us, got["middleware"].cpu_us
-            print(f"  {rep + 1:>3}  {' then '.join(order):<20} {got['plain'].rps:>10.0f} "
-                  f"{got['middleware'].rps:>12.0f} {pair_ratios[-1]:>8.3f}   "
-                  f"{p_cpu:>6.1f} us {m_cpu:>8.1f} us {m_cpu - p_cpu:>+5.1f} us{bounded}", flush=True)
-        plain, mw = statistics.median(rps["plain"]), statistics.median(rps["middleware"])
-        ratio = mw / plain
-        print(f"\n  median requests/s: plain {plain:.0f} (min {min(rps['plain']):.0f}, max "
-              f"{max(rps['plain']):.0f}), with the middleware {mw:.0f} (min {min(rps['middleware']):.0f}, "
-              f"max {max(rps['middleware']):.0f})")
-        print(f"  overhead: ratio of the medians {ratio:.3f} (median of the per-repetition ratios "
-              f"{statistics.median(pair_ratios):.3f}); target >= 0.90: "
-              f"{'met' if ratio >= 0.90 else 'NOT met'}")
-        if not any(math.isnan(v) for v in cpu["plain"] + cpu["middleware"]):
-            p_cpu, m_cpu = statistics.median(cpu["plain"]), statistics.median(cpu["middleware"])
-            print(f"  server CPU per request (all its threads, /proc schedstat; steadier than requests/s "
-                  f"on a busy machine): plain {p_cpu:.1f} us, middleware {m_cpu:.1f} us, "
-                  f"{m_cpu - p_cpu:+.1f} us per request: the middleware server's capacity is "
-                  f"{p_cpu / m_cpu:.3f} of plain's")
+            # Rotate the order, so no variant always runs first or last.
+            order = runs[rep % len(runs):] + runs[:rep % len(runs)]
+            for label, key, path in order:
+                res = one(key, path, requests)
+                rps[label].append(res.rps)
+                cpu[label].append(res.cpu_us)
+            print(f"  rep {rep + 1}/{reps} done", flush=True)
+
+        def base_of(label: str) -> str:
+            variant, _, rest = label.partition("/")
+            return "plain/" + rest
+
+        print(f"\n  {'variant/parser':<28} {'median req/s':>12} {'ratio':>7} {'CPU/req':>9} {'+CPU':>8}")
+        for label, _, _ in runs:
+            med = statistics.median(rps[label])
+            base = statistics.median(rps[base_of(label)])
+            c = statistics.median(cpu[label]) if not any(math.isnan(v) for v in cpu[label]) else math.nan
+            cb = statistics.median(cpu[base_of(label)]) if not any(math.isnan(v) for v in cpu[base_of(label)]) else math.nan
+            print(f"  {label:<28} {med:>12.0f} {med / base:>7.3f} {c:>6.1f} us {c - cb:>+6.1f} us")
+        for key, why in unavailable.items():
+            print(f"  {key:<28} {'not run':>12}  ({why})")
+        for http in ("h11", "httptools"):
+            label = f"middleware/{http}"
+            if label in rps:
+                ratio = statistics.median(rps[label]) / statistics.median(rps[f"plain/{http}"])
+                print(f"  overhead on {http}: ratio of the medians {ratio:.3f}; target >= 0.95: "
+                      f"{'met' if ratio >= 0.95 else 'NOT met'}")
 
         # ------------------------------------------------ disconnects
-        srv = servers["middleware"]
+        srv = servers["middleware/h11"]
         closed, errors = asyncio.run(disconnects(srv.port, n_disc))
         srv.sent += n_disc
         check(not errors, f"disconnects: {errors[:3]}")
@@ -440,13 +593,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         if rep_["served"] != srv.sent:
             failures.append(f"{kind} server served {rep_['served']} requests, {srv.sent} were sent")
-    mw_report = servers["middleware"].report
+    mw_report = servers["middleware/h11"].report
     lat: list[float] = []
     if mw_report:
         st = mw_report["stats"]
         cancels: dict[str, list[float]] = mw_report["cancels"]
         frees: dict[str, int] = mw_report["frees"]
-        sent = servers["middleware"].sent
+        sent = servers["middleware/h11"].sent
         expect = {
             "ops_begun": sent, "ops_ended": sent, "ops_in_flight": 0, "ops_canceled": n_disc,
             "cancels_channel_faulted": n_disc, "cancels_host_abort": 0,
@@ -479,14 +632,29 @@ def run(args: argparse.Namespace) -> int:
               f"{'met' if percentile(lat, 99) < 5.0 else 'NOT met'}")
         print(f"    FIN  {fmt(fin)}")
         print(f"    RST  {fmt(rst)}")
+    ip = in_process(3 if quick else 9, 5000 if quick else 20000)
+    print("\n  in process (a raw ASGI app called in a loop on one task; no server, no sockets), per request:")
+    print(f"    bare {ip['raw']:.2f} us; in a core channel + operation {ip['core']:.2f} us "
+          f"(+{ip['core'] - ip['raw']:.2f}); in CancellationMiddleware {ip['middleware']:.2f} us "
+          f"(+{ip['middleware'] - ip['raw']:.2f})")
+    n_stall = 10 if quick else 40
+    inline = loop_stall(False, n_stall, 0.005)
+    off = loop_stall(True, n_stall, 0.005)
+    base = loop_stall(False, n_stall, 0.0)
+    print("\n  event-loop stall per cancel whose callback blocks 5 ms (a loopback conn.cancel() took "
+          "3-14 ms), longest 1 ms-ticker gap:")
+    print(f"    baseline   p50 {percentile(base, 50):.2f} ms, p99 {percentile(base, 99):.2f} ms "
+          "(a callback that returns at once: the ticker's own jitter)")
+    print(f"    inline     p50 {percentile(inline, 50):.2f} ms, p99 {percentile(inline, 99):.2f} ms")
+    print(f"    offload()  p50 {percentile(off, 50):.2f} ms, p99 {percentile(off, 99):.2f} ms")
     print("\ncounts")
     if failures:
         for text in failures:
             print(f"  [FAILED] {text}")
         return 1
     print(f"  [ok] every load request answered 200 ok; each server served exactly what was sent "
-          f"(plain {servers['plain'].sent}, middleware {servers['middleware'].sent})")
-    print(f"  [ok] middleware host: {servers['middleware'].sent} operations begun and ended, "
+          f"({', '.join(f'{k} {v.sent}' for k, v in servers.items())})")
+    print(f"  [ok] middleware host: {servers['middleware/h11'].sent} operations begun and ended, "
           f"{n_disc} CHANNEL_FAULTED cancels and free-states, each once per disconnect; "
           f"nothing else canceled; host CLOSED after SIGTERM")
     return 0
@@ -503,7 +671,7 @@ def main() -> int:
                         help="concurrent keep-alive connections (default 16)")
     parser.add_argument("--disconnects", type=int, default=0,
                         help="disconnects for the latency figure (default 200; --quick 50)")
-    parser.add_argument("--serve", choices=("plain", "middleware"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve)

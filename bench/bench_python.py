@@ -9,6 +9,14 @@ same run (bench/py_anchors.py):
     python bench/bench_python.py            full run (about 1-2 minutes)
     python bench/bench_python.py --quick    a few seconds: a smoke test, rough figures
     python bench/bench_python.py --profile  also cProfile the begin+register+end cycle
+    python bench/bench_python.py --abi-modules build/pybench
+                                            also shape 6: the limited API against the full one
+
+Shape 6 needs the two stand-alone builds of the cffi module that CMake makes
+with -DCC_BUILD_PY_ABI_BENCH=ON (`make bench-py` does it): the same generated
+source, compiled against the limited API of 3.9 (what the cp39-abi3 wheel
+ships) and against the full API, timed back to back on the raw cffi calls
+(cc_op_begin + cc_op_end; cc_op_is_canceled), no Python layer in between.
 
 Every measured run checks its counts (each cancel callback ran once where it
 had to and never elsewhere, each free-state exactly once, the host's stats
@@ -30,6 +38,8 @@ import asyncio
 import cProfile
 import functools
 import gc
+import glob
+import importlib.util
 import io
 import os
 import platform
@@ -44,11 +54,14 @@ from itertools import repeat
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# support/: the measurement helpers shared with the tests and the examples.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
 
 import cffi  # noqa: E402
 
 import cancelcore  # noqa: E402
 from cancelcore import CancelReason, ServiceHost  # noqa: E402
+from measure import cpu_model  # noqa: E402
 from py_anchors import HOST_ABORT, Registry  # noqa: E402
 
 _now = time.perf_counter_ns
@@ -562,6 +575,100 @@ def create_task_async(n: int) -> float:
 
 
 # ====================================================================
+# Shape 6: the limited API (abi3) against the full API, raw cffi calls
+# ====================================================================
+
+ABI_MODULES = {"abi3": "_cc_bench_limited", "full": "_cc_bench_full"}
+
+
+def load_abi_module(directory: str, name: str) -> Any:
+    """One of the stand-alone bench builds of the cffi module (CMake's
+    CC_BUILD_PY_ABI_BENCH), loaded from its file."""
+    paths = sorted(glob.glob(os.path.join(directory, f"{name}.*so")))
+    if not paths:
+        raise FileNotFoundError(f"no {name}.*so in {directory}: build it with `make bench-py` "
+                                "(cmake -DCC_BUILD_PY_ABI_BENCH=ON)")
+    spec = importlib.util.spec_from_file_location(name, paths[0])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {paths[0]}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _raw_host(mod: Any) -> tuple[Any, Any]:
+    ffi, lib = mod.ffi, mod.lib
+    hp, cp = ffi.new("cc_host **"), ffi.new("cc_channel **")
+    check(lib.cc_host_create(hp) == lib.CC_OK, "raw: cc_host_create")
+    check(lib.cc_host_open(hp[0]) == lib.CC_OK, "raw: cc_host_open")
+    check(lib.cc_channel_open(hp[0], cp) == lib.CC_OK, "raw: cc_channel_open")
+    return hp[0], cp[0]
+
+
+def _raw_done(mod: Any, host: Any, channel: Any, begun: int) -> None:
+    """The host's own counts: every begin succeeded and was ended."""
+    ffi, lib = mod.ffi, mod.lib
+    stats = ffi.new("cc_stats *")
+    check(lib.cc_host_get_stats(host, stats) == lib.CC_OK, "raw: cc_host_get_stats")
+    check(stats.ops_begun == begun and stats.ops_ended == begun and stats.ops_in_flight == 0
+          and stats.ops_canceled == 0,
+          f"raw: {stats.ops_begun} begun, {stats.ops_ended} ended, {stats.ops_in_flight} in "
+          f"flight, {stats.ops_canceled} canceled; wanted {begun}, {begun}, 0, 0")
+    check(lib.cc_channel_close(channel) == lib.CC_OK, "raw: cc_channel_close")
+    check(lib.cc_host_close(host, -1) == lib.CC_OK, "raw: cc_host_close")
+    lib.cc_host_free(host)
+
+
+def raw_cycle(mod: Any) -> Callable[[int], float]:
+    """cc_op_begin + cc_op_end through the module's lib: two cffi calls."""
+    def run(n: int) -> float:
+        host, channel = _raw_host(mod)
+        opp = mod.ffi.new("cc_op **")
+        begin, end = mod.lib.cc_op_begin, mod.lib.cc_op_end
+        with Timer() as t:
+            for _ in repeat(None, n):
+                begin(channel, opp)
+                end(opp[0])
+        _raw_done(mod, host, channel, n)
+        return t.ns / n
+    return run
+
+
+def raw_read(mod: Any) -> Callable[[int], float]:
+    """cc_op_is_canceled through the module's lib, 20 calls per iteration."""
+    def run(n: int) -> float:
+        host, channel = _raw_host(mod)
+        opp = mod.ffi.new("cc_op **")
+        check(mod.lib.cc_op_begin(channel, opp) == mod.lib.CC_OK, "raw: cc_op_begin")
+        is_canceled, op = mod.lib.cc_op_is_canceled, opp[0]
+        with Timer() as t:
+            for _ in repeat(None, n):
+                is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702
+                is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702
+                is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702
+                is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702
+                is_canceled(op); is_canceled(op); is_canceled(op); is_canceled(op)  # noqa: E702
+        check(is_canceled(op) == 0, "raw read: canceled")
+        check(mod.lib.cc_op_end(op) == mod.lib.CC_OK, "raw: cc_op_end")
+        _raw_done(mod, host, channel, 1)
+        return t.ns / (n * READS)
+    return run
+
+
+def abi_shapes(directory: str, quick: bool) -> list[Shape]:
+    mods = {key: load_abi_module(directory, name) for key, name in ABI_MODULES.items()}
+    reps = 3 if quick else 11
+    return [
+        Shape("raw cffi begin + end, limited vs full API", 20_000 if quick else 300_000, reps,
+              {"abi3": raw_cycle(mods["abi3"]), "full": raw_cycle(mods["full"])},
+              [Row("6 cffi begin+end, abi3", "ns/op", "abi3", "full")]),
+        Shape("raw cffi is_canceled, limited vs full API", 50_000 if quick else 500_000, reps,
+              {"abi3": raw_read(mods["abi3"]), "full": raw_read(mods["full"])},
+              [Row("6 cffi is_canceled, abi3", "ns/read", "abi3", "full")]),
+    ]
+
+
+# ====================================================================
 # Running the shapes
 # ====================================================================
 
@@ -602,17 +709,6 @@ def run_shape(shape: Shape, progress: bool) -> None:
             shape.samples[key].append(shape.models[key](shape.n))
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def build_shapes(quick: bool) -> list[Shape]:
     reps = 3 if quick else 9
     fan_reps = 3 if quick else 7
@@ -634,7 +730,7 @@ def build_shapes(quick: bool) -> list[Shape]:
         Shape(f"abort fan-out, {fan_n:,} ops", fan_n, fan_reps,
               {"cc": cc_fanout, "reg": reg_fanout, "futs": asyncio_fanout_futures,
                "tasks": asyncio_fanout_tasks},
-              [Row("3 abort fan-out", "ns/op", "cc", "reg", 1.5),
+              [Row("3 abort fan-out", "ns/op", "cc", "reg", 1.0),
                Row("3 ... vs cancel N futures", "ns/op", "cc", "futs"),
                Row("3 ... vs cancel N tasks", "ns/op", "cc", "tasks")]),
         Shape("begin + register + end, 2 threads", cycles // 2, reps,
@@ -662,6 +758,8 @@ ANCHOR_NAMES = {
     "task": "create_task",
     "cffi": "cffi call",
     "cc": "cancelcore",
+    "abi3": "abi3 build",
+    "full": "full API",
 }
 
 
@@ -723,10 +821,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds: smoke test, rough figures")
     parser.add_argument("--profile", action="store_true", help="also cProfile the begin+register+end cycle")
+    parser.add_argument("--abi-modules", metavar="DIR",
+                        help="also shape 6, limited vs full API: DIR holds CMake's "
+                        "CC_BUILD_PY_ABI_BENCH builds of the cffi module")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     shapes = build_shapes(args.quick)
+    if args.abi_modules:
+        try:
+            shapes += abi_shapes(args.abi_modules, args.quick)
+        except (OSError, ImportError) as exc:
+            print(f"--abi-modules: {exc}", file=sys.stderr)
+            return 2
     print(f"bench_python: cancelcore {cancelcore.__version__} (Python layer) against a "
           "lock-and-dict registry and asyncio")
     try:
@@ -759,6 +866,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("    asyncio rows time cancel() of N plus running the loop until every callback/task finished.")
     print("  shape 4 is the wall time per operation with 2 threads doing the cycle at once (GIL-bound).")
     print("  shape 5 includes the thread or loop hand-off: informational, not a target.")
+    if args.abi_modules:
+        print("  shape 6 times two builds of one generated source, compiled alike but for Py_LIMITED_API")
+        print("    (0x03090000, the wheel's) against the full API: the 'cancelcore' column is the abi3")
+        print("    build, the anchor the full-API one; a ratio near 1.00x means the limited API costs")
+        print("    nothing on the hot path.  Every raw run checked the host's counts.")
     print("  every run's counts were checked: each cancel callback once where due and never elsewhere,")
     print("    each free-state exactly once, host.stats agreeing.")
     if args.profile:

@@ -1,7 +1,9 @@
 """Generates the C source of the cffi extension ``cancelcore._cancelcore``.
 
 Run by CMake at build time (out-of-line API mode): ``python ffibuild.py
-cancelcore.h out.c``.  The cdef is the public header itself with the
+cancelcore.h out.c [module]``; the module name defaults to
+``cancelcore._cancelcore`` (the benchmark builds stand-alone copies under
+other names).  The cdef is the public header itself with the
 preprocessor lines and the export macro taken out, so the bindings cannot
 drift from the header; the trampolines C calls back into are declared
 ``extern "Python"``.
@@ -72,16 +74,23 @@ def cdef_from_header(text: str) -> str:
     return expand_status_list(text, "\n".join(lines))
 
 
-def make_ffi(header: Path) -> cffi.FFI:
+MODULE = "cancelcore._cancelcore"
+
+
+def make_ffi(header: Path, module: str = MODULE) -> cffi.FFI:
     ffi = cffi.FFI()
     ffi.cdef(cdef_from_header(header.read_text()) + TRAMPOLINES)
-    ffi.set_source("cancelcore._cancelcore", BINDING_SHIM)
+    ffi.set_source(module, BINDING_SHIM)
     return ffi
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) not in (3, 4):
+        print("usage: ffibuild.py cancelcore.h out.c [module]", file=sys.stderr)
+        return 2
     header, out = Path(argv[1]), Path(argv[2])
-    make_ffi(header).emit_c_code(str(out))
+    module = argv[3] if len(argv) == 4 else MODULE
+    make_ffi(header, module).emit_c_code(str(out))
     return 0
 
 

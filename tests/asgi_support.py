@@ -17,7 +17,6 @@ what each request's callbacks saw.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import socket
 import struct
@@ -29,6 +28,8 @@ from typing import Any, Callable, Iterable, Optional
 import uvicorn
 
 from cancelcore import CancelReason, current_operation
+from cancelcore.asgi import CancellationMiddleware, uvicorn_server
+from measure import percentile  # support/ (on sys.path via conftest): shared with bench/, examples/
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -183,11 +184,13 @@ class LiveServer:
         self.port: int = self.sock.getsockname()[1]
         options: dict[str, Any] = dict(
             http="h11", loop="asyncio", lifespan="on", log_config=None,
-            access_log=False, timeout_graceful_shutdown=5,
+            access_log=False, timeout_graceful_shutdown=8,
         )
         options.update(config)
         self.config = uvicorn.Config(app, **options)
-        self.server = uvicorn.Server(self.config)
+        # A middleware's server closes its host at shutdown, as serve() does.
+        self.server = (uvicorn_server(self.config) if isinstance(app, CancellationMiddleware)
+                       else uvicorn.Server(self.config))
         self.thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
         self.error: Optional[BaseException] = None
         self.stop_seconds: Optional[float] = None
@@ -386,12 +389,3 @@ def read_until_count(s: socket.socket, marker: bytes, count: int, timeout: float
             raise ConnectionError(f"closed after {data.count(marker)} of {count} {marker!r}")
         data += chunk
     return data
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100])."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), math.ceil(q / 100.0 * len(ordered))))
-    return ordered[rank - 1]

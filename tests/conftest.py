@@ -22,8 +22,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
-import cancelcore
-from cancelcore import CancelReason, HostState, InvalidOperationError, ServiceHost
+# support/ holds the measurement helpers the tests share with bench/ and
+# examples/ (``import measure``); it is not part of the package.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "support"))
+
+import cancelcore  # noqa: E402
+from cancelcore import CancelReason, HostState, InvalidOperationError, ServiceHost  # noqa: E402
 
 # Seconds a single test may run before the watchdog dumps and exits.
 WATCHDOG_SECONDS = float(os.environ.get("CANCELCORE_TEST_WATCHDOG", "60"))

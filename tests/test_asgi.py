@@ -527,7 +527,7 @@ def test_shutdown_aborts_in_flight_requests(live: Callable[..., LiveServer]) -> 
     probes = Probes()
     notes = Notes()
     mw = wrapped(probes, notes, close_timeout=1.0)
-    srv = live(mw, timeout_graceful_shutdown=1)
+    srv = live(mw)
 
     longs = [f"long{i}" for i in range(3)]
     sockets = {key: open_request(srv.port, f"/sleep/{key}?t=30") for key in longs}
@@ -572,8 +572,9 @@ def test_shutdown_aborts_in_flight_requests(live: Callable[..., LiveServer]) -> 
     assert notes.lifespan_shutdown.is_set()
     assert notes.host_state_at_app_shutdown == HostState.CLOSED
     assert mw.host.state == HostState.CLOSED
-    assert srv.problems(allow=[UVICORN_GAVE_UP]) == []
-    assert len(srv.problems()) == 1  # uvicorn's own "Cancel 3 running task(s)"
+    # The host aborted before uvicorn's own timeout: uvicorn never had to
+    # cancel a task, so it logs nothing at all.
+    assert srv.problems() == []
 
 
 def test_shutdown_aborts_in_flight_stream(live: Callable[..., LiveServer]) -> None:
@@ -582,7 +583,7 @@ def test_shutdown_aborts_in_flight_stream(live: Callable[..., LiveServer]) -> No
     complete response."""
     probes = Probes()
     mw = wrapped(probes, close_timeout=1.0)
-    srv = live(mw, timeout_graceful_shutdown=1)
+    srv = live(mw)
 
     s = open_request(srv.port, "/stream/st")
     got = [read_until_count(s, b"chunk-", 3)]
@@ -622,7 +623,7 @@ def test_shutdown_with_only_short_requests_is_graceful(live: Callable[..., LiveS
     probes = Probes()
     notes = Notes()
     mw = wrapped(probes, notes, close_timeout=1.0)
-    srv = live(mw, timeout_graceful_shutdown=1)
+    srv = live(mw)
 
     s = open_request(srv.port, "/sleep/g?t=0.3")
     assert probes["g"].entered.wait(WAIT)

@@ -21,6 +21,9 @@ void cc_frame_push(cc_frame *frame, const cc_slot *slot, const cc_host *host)
     frame->slot = slot;
     frame->batch = NULL;
     frame->nbatch = 0;
+    frame->pending = NULL;
+    frame->npending = NULL;
+    frame->rest = NULL;
     frame->host = host;
     frame->prev = cc_tls_get();
     cc_tls_set(frame);
@@ -40,6 +43,21 @@ bool cc_in_callback(const cc_slot *slot, const cc_host *host)
             return true;
         for (unsigned i = 0; i < f->nbatch; i++)
             if (f->batch[i] == slot)
+                return true;
+    }
+    return false;
+}
+
+bool cc_owns_queued(const cc_slot *slot)
+{
+    for (const cc_frame *f = cc_tls_get(); f; f = f->prev) {
+        if (!f->pending)
+            continue;
+        for (unsigned i = 0; i < *f->npending; i++)
+            if (f->pending[i] == slot)
+                return true;
+        for (uint32_t e = *f->rest; e; e = cc_slot_at(CC_LINK_INDEX(e))->next_cancel)
+            if (CC_LINK_INDEX(e) == slot->index)
                 return true;
     }
     return false;
@@ -121,34 +139,70 @@ static void run_c(cc_host *host, cc_slot *slot, cc_reason reason, int64_t trigge
 
 #define CC_BATCH 64
 
-static void deliver(cc_host *host, cc_slot **batch, cc_notice *notices, unsigned n,
-                    cc_reason reason, int64_t trigger_ns)
+/* A batch of watched operations whose runs this thread claimed: each starts
+ * (ST_INVOKED) only now, as the batch is delivered, so until then an end
+ * overtakes it -- also one from a C callback this thread runs meanwhile,
+ * which must not wait for a batch that is waiting for it. */
+typedef struct cc_batch {
+    cc_slot *slot[CC_BATCH];
+    bool user[CC_BATCH];  /* the user's cancel was taken with the mark */
+    unsigned n;
+} cc_batch;
+
+static void deliver(cc_host *host, cc_batch *q, cc_reason reason, int64_t trigger_ns)
 {
+    cc_slot *run[CC_BATCH];
+    cc_notice notices[CC_BATCH];
+    unsigned n = 0;
+    uint64_t users = 0;
+    for (unsigned i = 0; i < q->n; i++) {
+        cc_slot *slot = q->slot[i];
+        if (!cc_st_invoke(slot)) {
+            after_run(slot, false); /* an end overtook it: it never starts */
+            continue;
+        }
+        uint64_t s = cc_st_load(slot);
+        bool user = q->user[i];
+        users += user;
+        run[n] = slot;
+        notices[n].op = handle_of(slot, s);
+        notices[n].user_key = user ? (int64_t)(intptr_t)slot->user : 0;
+        notices[n].what = CC_NOTICE_CANCELED | (user ? CC_NOTICE_RUN_USER : 0)
+                          | ((int64_t)reason << 8);
+        n++;
+    }
+    q->n = 0;
+    if (!n)
+        return;
     count_latency(host, trigger_ns, n);
     cc_frame frame;
     cc_frame_push(&frame, NULL, host);
-    frame.batch = batch;
+    frame.batch = run;
     frame.nbatch = n;
     binding_call(host, notices, n);
     cc_frame_pop(&frame);
     atomic_fetch_add_explicit(reason == CC_HOST_ABORT ? &host->cancels_abort
                                                       : &host->cancels_fault,
                               n, memory_order_relaxed);
-    uint64_t users = 0;
-    for (unsigned i = 0; i < n; i++)
-        users += (notices[i].what & CC_NOTICE_RUN_USER) != 0;
     atomic_fetch_add_explicit(&host->user_cancels, users, memory_order_relaxed);
     for (unsigned i = 0; i < n; i++)
-        after_run(batch[i], true);
+        after_run(run[i], true);
 }
 
 static void run_list(cc_host *host, uint32_t list, cc_reason reason, int64_t trigger_ns)
 {
-    cc_slot *batch[CC_BATCH];
-    cc_notice notices[CC_BATCH];
-    unsigned n = 0;
+    cc_batch q;
+    q.n = 0;
+    /* The queued runs are this thread's: a registration on one from a C
+     * callback run meanwhile must run its cancel here (G3), not wait. */
+    cc_frame frame;
+    cc_frame_push(&frame, NULL, NULL);
+    frame.pending = q.slot;
+    frame.npending = &q.n;
+    frame.rest = &list;
     while (list) {
-        cc_slot *slot = cc_slot_at(list - 1);
+        uint32_t entry = list;
+        cc_slot *slot = cc_slot_at(CC_LINK_INDEX(entry));
         /* Read the link first: once handed back, the slot may be reused. */
         list = slot->next_cancel;
         uint64_t s = cc_st_load(slot);
@@ -156,24 +210,14 @@ static void run_list(cc_host *host, uint32_t list, cc_reason reason, int64_t tri
             run_c(host, slot, reason, trigger_ns);
             continue;
         }
-        if (!cc_st_invoke(slot)) {
-            after_run(slot, false);
-            continue;
-        }
-        s = cc_st_load(slot);
-        bool user = (s & ST_FIRED) != 0; /* taken with the mark: ours to run */
-        batch[n] = slot;
-        notices[n].op = handle_of(slot, s);
-        notices[n].user_key = user ? (int64_t)(intptr_t)slot->user : 0;
-        notices[n].what = CC_NOTICE_CANCELED | (user ? CC_NOTICE_RUN_USER : 0)
-                          | ((int64_t)reason << 8);
-        if (++n == CC_BATCH) {
-            deliver(host, batch, notices, n, reason, trigger_ns);
-            n = 0;
-        }
+        q.slot[q.n] = slot;
+        q.user[q.n] = (entry & CC_LINK_USER) != 0; /* taken with the mark: ours */
+        if (++q.n == CC_BATCH)
+            deliver(host, &q, reason, trigger_ns);
     }
-    if (n)
-        deliver(host, batch, notices, n, reason, trigger_ns);
+    if (q.n)
+        deliver(host, &q, reason, trigger_ns);
+    cc_frame_pop(&frame);
 }
 
 /* ----------------------------------------------------------- triggers */

@@ -35,9 +35,9 @@ uint64_t cc_inflight_gather(cc_channel *ch, cc_reason reason, uint32_t *list)
     for (cc_slot *slot = ch->inflight; slot; slot = slot->next) {
         int marked = cc_st_mark(slot, reason);
         n += marked != 0;
-        if (marked == 2) {
+        if (marked >= 2) {
             slot->next_cancel = *list;
-            *list = slot->index + 1;
+            *list = (slot->index + 1) | (marked == 3 ? CC_LINK_USER : 0);
         }
     }
     return n;

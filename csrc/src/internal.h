@@ -143,7 +143,8 @@ void cc_st_begin(cc_slot *slot, bool watched);
 
 /* Cancel: marks the slot canceled with `reason` unless it already was or its
  * end began (G5, G6).  Returns 0 if not marked, 1 if marked, 2 if marked and
- * the callback run is now the caller's (ST_RUNNING): armed, or watched. */
+ * the run is now the caller's (ST_RUNNING: watched), 3 if the registered
+ * cancel callback's run too (ST_FIRED: armed). */
 int cc_st_mark(cc_slot *slot, cc_reason reason);
 
 /* Registration, phase 1: claims the one registration (G2).
@@ -157,6 +158,9 @@ typedef enum cc_arm {
                          run is ours (ST_RUNNING | ST_INVOKED) */
     CC_ARM_RUN_NESTED,/* armed on a canceled operation whose run this thread
                          already owns further up its stack: run it now */
+    CC_ARM_BUSY,      /* canceled, and a run owns the slot on some thread:
+                         if it is not ours (cc_owns_queued), wait it out
+                         (cc_st_wait_not_running) and arm again */
     CC_ARM_ENDING     /* the end began first: give the claim back */
 } cc_arm;
 cc_arm cc_st_arm(cc_slot *slot, uint64_t extra, bool owner_is_me);
@@ -221,6 +225,12 @@ struct cc_channel {
 
 /* Slots a channel takes from, and beyond twice this gives back to, the pool. */
 #define CC_SLOT_BATCH 32u
+
+/* A fan-out list entry: the slot's index + 1, and whether the canceller
+ * took the registered callback's run with the mark (the entry's own, since
+ * a nested registration may take ST_FIRED later). */
+#define CC_LINK_USER 0x80000000u
+#define CC_LINK_INDEX(e) (((e) & ~CC_LINK_USER) - 1)
 
 /* inflight.c.  Links a fresh live slot into the channel (channel lock held);
  * NULL when out of memory. */
@@ -314,6 +324,9 @@ typedef struct cc_frame {
     const cc_slot *slot;
     cc_slot *const *batch;        /* a binding batch: these slots too */
     unsigned nbatch;
+    cc_slot *const *pending;      /* a batch this thread claimed and will */
+    const unsigned *npending;     /* deliver: queued, not inside (yet), */
+    const uint32_t *rest;         /* like the rest of its fan-out list */
     const cc_host *host;
     struct cc_frame *prev;
 } cc_frame;
@@ -322,6 +335,8 @@ void cc_frame_pop(cc_frame *frame);
 /* True if this thread is inside a callback (or registration) of `slot`'s
  * operation, or (slot NULL) of any operation of `host`. */
 bool cc_in_callback(const cc_slot *slot, const cc_host *host);
+/* True if `slot`'s run is queued in a batch this thread will deliver. */
+bool cc_owns_queued(const cc_slot *slot);
 
 /* ------------------------------------------------- faults.c: decisions */
 

@@ -138,17 +138,29 @@ static cc_status register_cancel(uintptr_t h, bool watched, cc_cancel_fn cancel,
     }
 
     /* Phase 2: arm it, or run the callback now if already canceled (G3). */
-    switch (cc_st_arm(slot, has_free ? ST_HAS_FREE : 0, cc_in_callback(slot, NULL))) {
-    case CC_ARM_DONE:
-        return CC_OK;
-    case CC_ARM_RUN:
-        cc_run_registered(host, slot, true);
-        return CC_OK;
-    case CC_ARM_RUN_NESTED:
-        cc_run_registered(host, slot, false);
-        return CC_OK;
-    case CC_ARM_ENDING:
-        break;
+    bool mine = cc_in_callback(slot, NULL);
+    for (bool armed = false; !armed;) {
+        switch (cc_st_arm(slot, has_free ? ST_HAS_FREE : 0, mine)) {
+        case CC_ARM_DONE:
+            return CC_OK;
+        case CC_ARM_RUN:
+            cc_run_registered(host, slot, true);
+            return CC_OK;
+        case CC_ARM_RUN_NESTED:
+            cc_run_registered(host, slot, false);
+            return CC_OK;
+        case CC_ARM_BUSY:
+            /* The run that owns the slot may be queued on this very thread
+             * (a fan-out whose C callback we are in): then it is ours. */
+            if (cc_owns_queued(slot))
+                mine = true;
+            else
+                cc_st_wait_not_running(slot);
+            break;
+        case CC_ARM_ENDING:
+            armed = true;
+            break;
+        }
     }
     drop_register(slot);
     return CC_E_INVALID_OPERATION;

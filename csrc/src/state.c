@@ -70,7 +70,7 @@ int cc_st_mark(cc_slot *slot, cc_reason reason)
                          : (s & ST_WATCH) ? ST_RUNNING
                                           : 0;
         if (cas(slot, &s, s | mark | claim))
-            return claim ? 2 : 1;
+            return (claim & ST_FIRED) ? 3 : claim ? 2 : 1;
     }
 }
 
@@ -97,14 +97,16 @@ cc_arm cc_st_arm(cc_slot *slot, uint64_t extra, bool owner_is_me)
                 next |= ST_RUNNING | ST_INVOKED | ST_FIRED;
                 result = CC_ARM_RUN;
             } else if (owner_is_me) {
-                next |= ST_FIRED;
+                /* The run is this thread's (started further up the stack,
+                 * or queued in a batch it will deliver): the user's cancel
+                 * runs here, and the run counts as started, so no end
+                 * overtakes it meanwhile (G5). */
+                next |= ST_FIRED | ST_INVOKED;
                 result = CC_ARM_RUN_NESTED;
             } else {
-                /* A watched operation's binding is being told of the cancel
-                 * on another thread; G3 wants the callback on ours. */
-                cc_st_wait_not_running(slot);
-                s = cc_st_load(slot);
-                continue;
+                /* A watched operation's binding is told of the cancel by a
+                 * run on some thread; G3 wants the callback on ours. */
+                return CC_ARM_BUSY;
             }
         }
         if (cas(slot, &s, next))

@@ -223,6 +223,7 @@ class Binding:
         i = 0
         stage = 0  # how far notice i got, should a signal interrupt it
         ctx: Optional[OperationContext] = None
+        failure: Optional[BaseException] = None
         raised = 0  # the recursion limit, while raised for room
         while i < n:
             try:
@@ -241,19 +242,35 @@ class Binding:
                                 self._early(h, reason)
                             stage = 1
                         if stage == 1:
-                            stage = 2
+                            failure = None
                             if what & _RUN_USER:
                                 key = values[i + 1]
-                                reg = _arming.get(key)
-                                if reg is None and ctx is not None:
-                                    reg = ctx._reg
+                                reg = ctx._reg if ctx is not None else None
+                                if reg is None or id(reg) != key:
+                                    # Not on the context yet: in the arming
+                                    # table, unless filed since (it is
+                                    # filed before it leaves the table).
+                                    reg = _arming.get(key)
+                                    if reg is None and ctx is not None:
+                                        reg = ctx._reg
                                 if reg is not None and id(reg) == key:
                                     try:
                                         reg[0](reason, reg[2])
+                                    except RecursionError as exc:
+                                        tb = exc.__traceback__
+                                        if not raised and tb is not None and tb.tb_next is None:
+                                            raise  # never entered: again, with room
+                                        failure = exc
                                     except BaseException as exc:  # G13
-                                        _callback_failed(exc, self, ctx, "cancel")
-                        if stage == 2 and ctx is not None and what & _CANCELED:
+                                        failure = exc
+                            stage = 2
+                        if stage == 2:
+                            if failure is not None:
+                                _callback_failed(failure, self, ctx, "cancel")
+                                failure = None
                             stage = 3
+                        if stage == 3 and ctx is not None and what & _CANCELED:
+                            stage = 4
                             hooks = ctx._hooks
                             if hooks is not None:
                                 for hook in hooks:
@@ -265,6 +282,9 @@ class Binding:
                         if stage == 0:
                             stage = 1
                             ctx = self.deferred.pop(h, None)
+                            if ctx is None:  # its end() has not filed it yet
+                                ref = ops.get(h)
+                                ctx = ref() if ref is not None else None
                             if values[i + 1]:
                                 self.run_free_state(_registration(ctx, values[i + 1]), ctx)
                         self.done(h)
@@ -382,12 +402,13 @@ class OperationContext:
         key = id(reg)
         # The core may name it (on any thread) as soon as it arms it: it is
         # in the table until this context has it.
+        status = -1
         _arming[key] = reg
         try:
             status = _register(h, key, on_free_state is not None)
-            if not status:
+        finally:  # (also when a signal interrupts: never a half registration)
+            if status == 0:
                 self._reg = reg
-        finally:
             del _arming[key]
         if status:
             reraise_interrupts()
@@ -438,20 +459,27 @@ class OperationContext:
             raise_status(r, "end")
         self.__class__ = _EndedOperationContext
         if r == _DEFERRED:
-            b.deferred[h] = self  # the core finishes it, then tells the binding
+            # The core finishes it later and tells the binding (CC_NOTICE_
+            # ENDED): its registration must live until then.  If that came
+            # first (on another thread), the operation is filed no more.
+            b.deferred[h] = self
+            if h not in b.ops:
+                b.deferred.pop(h, None)
         else:
-            if r:
-                reg = self._reg
-                if reg is None or id(reg) != r:
-                    reg = _registration(self, r)
-                if reg is not None and reg[1] is not None:
-                    try:
-                        reg[1](reg[2])
-                    except BaseException as exc:  # G13
-                        _callback_failed(exc, b, self, "free_state")
-            b.ops.pop(h, None)
-            if b.closing:
-                b.wake()
+            try:
+                if r:
+                    reg = self._reg
+                    if reg is None or id(reg) != r:
+                        reg = _registration(self, r)
+                    if reg is not None and reg[1] is not None:
+                        try:
+                            reg[1](reg[2])
+                        except BaseException as exc:  # G13
+                            _callback_failed(exc, b, self, "free_state")
+            finally:  # completed, even if a signal lands here (close waits)
+                b.ops.pop(h, None)
+                if b.closing:
+                    b.wake()
         if _interrupts:
             reraise_interrupts()
 

@@ -1,4 +1,9 @@
-"""``python -m cancelcore serve-demo``: a real server, real clients, checked.
+"""A real server, real clients, checked.
+
+    python examples/server_demo.py [--requests N] [--seed N] [--plain | --live]
+
+Needs uvicorn and Starlette (``pip install 'cancelcore[asgi]' starlette``).
+(``make demo`` runs ``service_demo.py``, then this.)
 
 A real uvicorn server (in a thread of this process, on a free loopback port)
 runs a Starlette application wrapped in
@@ -33,9 +38,11 @@ requests that were abandoned (``CHANNEL_FAULTED``) or cut by the shutdown
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import math
+import os
 import random
 import socket
 import struct
@@ -46,15 +53,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, TextIO
 
-from ._demo import ConnectionPool, Ledger, Progress
-from ._enums import CancelReason, HostState
-from ._operation import current_operation
+from cancelcore import CancelReason, HostState, current_operation
 
-__all__ = ["run_server_demo"]
+# This folder (a script's own) holds the other demo; support/ holds the
+# measurement helpers shared with the tests and the benchmarks.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "support"))
+from measure import percentile  # noqa: E402
+from service_demo import ConnectionPool, Ledger, Progress  # noqa: E402
+
+__all__ = ["main", "run_server_demo"]
 
 HOST = "127.0.0.1"
 CONCURRENCY = 30  # clients in flight during the traffic phase
-GRACE = 1  # uvicorn's timeout_graceful_shutdown, seconds
+GRACE = 3  # uvicorn's timeout_graceful_shutdown, seconds: a backstop after the host's close_timeout
 CLOSE_TIMEOUT = 1.0  # the middleware host's close timeout
 STEP = 0.02  # a slow query's sleep step; a stream's pause between chunks
 LONG = 30.0  # "long" requests only end by being canceled
@@ -305,7 +317,11 @@ class Server:
             app, http="h11", loop="asyncio", lifespan="on", log_config=None,
             access_log=False, timeout_graceful_shutdown=GRACE,
         )
-        self.server = uvicorn.Server(config)
+        # The middleware's server: its shutdown aborts the host before
+        # uvicorn's own timeout would cancel the requests' tasks.
+        from .asgi import uvicorn_server
+
+        self.server = uvicorn_server(config)
         self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
         self.error: Optional[BaseException] = None
         self.log = _Collect()
@@ -519,7 +535,7 @@ class ServerProgress(Progress):
 
 class ServerDemo:
     def __init__(self, out: TextIO, live: bool, seed: int, requests: int) -> None:
-        from .asgi import CancellationMiddleware
+        from cancelcore.asgi import CancellationMiddleware
 
         self.out = out
         self.seed = seed
@@ -616,15 +632,6 @@ class ServerDemo:
 
 
 # ------------------------------------------------------------------ report
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100])."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = max(1, min(len(ordered), math.ceil(q / 100.0 * len(ordered))))
-    return ordered[rank - 1]
 
 
 def _ms(values: list[float]) -> str:
@@ -804,8 +811,8 @@ def run_server_demo(requests: int = 120, seed: int = 1, live: Optional[bool] = N
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        print(f"serve-demo needs uvicorn and starlette ({exc}); "
-              "pip install 'cancelcore[test]' or: pip install uvicorn starlette", file=sys.stderr)
+        print(f"server_demo.py needs uvicorn and starlette ({exc}); "
+              "pip install 'cancelcore[asgi]' starlette", file=sys.stderr)
         return 2
     print("cancelcore serve-demo: a real uvicorn server, real TCP clients that leave early,", file=stream)
     print(f"and a shutdown with requests in flight (seed {seed})\n", file=stream)
@@ -825,3 +832,34 @@ def run_server_demo(requests: int = 120, seed: int = 1, live: Optional[bool] = N
             demo.stats = demo.mw.host.stats
             demo.final_state = demo.mw.host.state
     return 0 if _report(demo, stream) else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="server_demo.py",
+        description="Starts uvicorn in a thread of this process on a free 127.0.0.1 port, "
+        "serving a Starlette app (an async slow query, a sync endpoint blocked in the thread "
+        "pool, a streaming one) wrapped in cancelcore.asgi.CancellationMiddleware; drives it "
+        "with concurrent TCP clients, some of which close their connection mid-request or "
+        "mid-stream; then tells the server to exit with requests in flight.  Reports cancels "
+        "by reason, free-states and disconnect-to-cancel latency, and checks them against "
+        "what the clients saw and host.stats.  Needs uvicorn and starlette.  Exit status 1 "
+        "if a check fails.",
+    )
+    parser.add_argument("--requests", type=int, default=120,
+                        help=f"number of requests, {MIN_REQUESTS} to {MAX_REQUESTS} (default 120)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the request mix (default 1)")
+    display = parser.add_mutually_exclusive_group()
+    display.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    display.add_argument(
+        "--live", action="store_true", help="a live status line even when not on a terminal"
+    )
+    args = parser.parse_args(argv)
+    live: Optional[bool] = True if args.live else False if args.plain else None
+    return run_server_demo(requests=args.requests, seed=args.seed, live=live)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,8 @@
-"""``python -m cancelcore demo``: a service host at work, in a few seconds.
+"""A service host at work, in a few seconds, checked.
+
+    python examples/service_demo.py [--seed N] [--plain | --live]
+
+(``make demo`` runs it, then ``server_demo.py``.)
 
 A :class:`ServiceHost` runs a mix of operations over several channels:
 
@@ -27,6 +31,7 @@ connection went back to the pool once.  Exit status 1 if any check fails.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import random
@@ -40,12 +45,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Optional, TextIO, Union, cast
 
-from ._enums import CancelReason, HostState
-from ._errors import CancelCoreError
-from ._host import Channel, ServiceHost
-from ._operation import OperationContext
+from cancelcore import (
+    CancelCoreError,
+    CancelReason,
+    Channel,
+    HostState,
+    OperationContext,
+    ServiceHost,
+)
 
-__all__ = ["run_demo"]
+__all__ = ["ConnectionPool", "Ledger", "Progress", "main", "run_demo"]
 
 # The plan (seconds from the start).
 N_CHANNELS = 6
@@ -617,3 +626,28 @@ def run_demo(seed: int = 1, live: Optional[bool] = None, out: Optional[TextIO] =
             demo.host.abort()
     return 0 if _report(demo, stream) else 1
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="service_demo.py",
+        description="Runs blocking operations on dispatch worker threads and async ones on an "
+        "asyncio loop over several channels; faults some channels, aborts the host and closes "
+        "it; then checks that every free-state callback ran exactly once and every cancel "
+        "callback at most once, against its own books and host.stats.  Exit status 1 if a "
+        "check fails.",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the request mix (default 1)")
+    display = parser.add_mutually_exclusive_group()
+    display.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    display.add_argument(
+        "--live", action="store_true", help="a live status line even when not on a terminal"
+    )
+    args = parser.parse_args(argv)
+    live: Optional[bool] = True if args.live else False if args.plain else None
+    return run_demo(seed=args.seed, live=live)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
