@@ -9,12 +9,10 @@ repros=$2
 dir=$(dirname "$0")/known
 say() { if [ "$2" = 0 ]; then echo "$1: fixed or not reproduced (turn its switch off: tests/fuzz/README.md)"; else echo "$1: STILL PRESENT"; fi; }
 # Both deadlock while present: cut after 20 s.
-for bug in watched_g3_queued watched_end_queued batch_finish_hold; do
+for bug in batch_finish_hold g3_end_queued; do
   CC_FUZZ_STRICT=$bug timeout 20 "$fuzz" "$dir/$bug" >/dev/null 2>&1
   say "$bug (fuzz input)" $?
   "$repros/cc_repro_$bug" >/dev/null 2>&1
   say "$bug (C reproducer)" $?
 done
-CC_FUZZ_STRICT=watched_end_queued timeout 20 "$fuzz" "$dir/watched_end_queued_register" >/dev/null 2>&1
-say "watched_end_queued (during the op's registration: notice after its end began)" $?
 exit 0

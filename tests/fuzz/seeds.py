@@ -142,26 +142,34 @@ REGRESSIONS = {
     # visited (the plan's count stayed 0)
     "deferred_end_visit": host_up() + [CH_OPEN, 0, 0] + fault_add(0, 2, 1, 1, 0) +
                           [BEGIN, 0, REGISTER, 0, *reg(FREE_FN | PRIMARY_END_SELF), ABORT, 0, STATS, 0],
-}
-
-
-# Open core bugs (not replayed by ctest: they hang while the bug is there).
-KNOWN = {
-    # OPEN watched_g3_queued: an abort runs C op0's callback before the batch
-    # holding watched op1; the callback registers on op1 (canceled): G3 wants
-    # RUN_USER inside that call, the core waits for the batch: a deadlock.
-    # CC_FUZZ_STRICT=watched_g3_queued makes the harness make that call.
+    # FIXED watched_g3_queued (main e081621): an abort runs C op0's callback
+    # before the batch holding watched op1; the callback registers on op1
+    # (canceled): RUN_USER in place (G3), once the core waited for itself.
     "watched_g3_queued": host_up() + [CH_OPEN, 0, 0, BEGIN, 0, BEGIN_W, 0,
                                       REGISTER, 0, *reg(FREE_FN, a0=(REG_OTHER, 1)),
                                       ABORT, 0, *reg(FREE_FN),  # (read by the callback)
                                       END, 0, END, 1],
-    # OPEN watched_end_queued: the same fan-out, op0's C callback ends
-    # watched op1 (registered) and op2 (not); one was gathered into the batch
-    # before op0's callback ran: its end waits for this thread's batch.
+    # FIXED watched_end_queued (main e081621): the same fan-out, op0's C
+    # callback ends watched op1 (registered) and op2 (not), queued for the
+    # batch: they are overtaken; once the end waited for this thread's batch.
     "watched_end_queued": host_up() + [CH_OPEN, 0, 0, BEGIN_W, 0, BEGIN, 0, BEGIN_W, 0,
                                        REGISTER, 1, *reg(FREE_FN, a0=(END_OTHER, 0), a1=(END_OTHER, 2)),
                                        REGISTER, 0, *reg(FREE_FN),
                                        ABORT, 0, STATS, 0],
+}
+
+
+# Open core bugs (not replayed by ctest: they hang while the bug is there).
+# known/batch_finish_hold is libFuzzer's input, not written here.
+KNOWN = {
+    # OPEN g3_end_queued: an abort runs C op0's callback before the batch
+    # holding watched op1; the callback registers on op1 (G3 runs in place,
+    # the queued run counts as started) and then ends it: the end waits for
+    # this thread's own batch.  CC_FUZZ_STRICT=g3_end_queued makes the end.
+    "g3_end_queued": host_up() + [CH_OPEN, 0, 0, BEGIN, 0, BEGIN_W, 0,
+                                  REGISTER, 0, *reg(FREE_FN, a0=(REG_OTHER, 1), a1=(END_OTHER, 1)),
+                                  ABORT, 0, *reg(FREE_FN),  # (read by the callback)
+                                  END, 0, END, 1, STATS, 0],
 }
 
 
