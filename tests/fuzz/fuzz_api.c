@@ -4,9 +4,11 @@
  * csrc/include/cancelcore.h (G1-G13 of DESIGN.md).
  *
  * The input bytes decode into calls over a few hosts, channels and
- * operations: create/open/close/abort/reset/free hosts, open/fault/close
- * channels, begin/register/end operations, reads, stale and NULL handles,
- * fault-plan rules and statistics.  Callbacks record what ran and, as the
+ * operations: create/open/close/abort/reset/free hosts, open/fault/shutdown/
+ * close channels, begin/register/end C operations and watched ones (the
+ * binding API: the harness's binding function gets the notices and runs its
+ * users' callbacks), reads, stale and NULL handles, fault-plan rules and
+ * statistics.  Callbacks record what ran and, as the
  * header allows (G11), call back into the library: end their own or another
  * operation, fault a channel, abort a host, register on another operation,
  * begin new ones.
