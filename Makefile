@@ -29,7 +29,7 @@ TSAN_SCALE ?= 0.5
 
 .PHONY: test test-c test-c-plain test-c-asan test-c-tsan test-py test-py-oldest venv venv-oldest bench bench-c bench-py bench-asgi demo demo-c clean
 
-test: test-c test-py
+test: test-c test-py fuzz
 
 # A fresh virtual environment on the newest interpreter, with the wheel built
 # from this tree and installed (not an editable install: the tests run what
@@ -186,6 +186,6 @@ fuzz: fuzz-build
 # Which known core bugs (tests/fuzz/README.md) are still there: informational,
 # never fails.
 fuzz-known-bugs: fuzz-build
-	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF
-	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_stale_per_thread cc_repro_visit_race cc_repro_g3_vs_end
+	$(CMAKE) -S . -B $(BUILD)/plain -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_BENCH=OFF -DCC_FUZZ_REPLAY=ON
+	$(CMAKE) --build $(BUILD)/plain -j $(JOBS) --target cc_repro_batch_finish_hold cc_repro_g3_end_queued
 	tests/fuzz/known_bugs.sh $(BUILD)/fuzz/cc_fuzz $(BUILD)/plain

@@ -1,9 +1,11 @@
 /*
  * fuzz_mt.c - the concurrent mode of the API fuzzer: two threads.
  *
- * The first half of the input is the main thread's script (begin, register,
- * end, read, fault, begin_with_cancel), the second half a helper thread's
- * (abort, fault, end, register, read), run at the same time on one host.
+ * The first half of the input is the main thread's script (begin C or
+ * watched operations, register, end, read, fault), the second half a helper
+ * thread's (abort, fault, end, register, read), run at the same time on one
+ * host.  Watched operations (cc_op_begin_watched) are told to the harness's
+ * binding function, which runs its users' callbacks as a binding would.
  * Callbacks may end their own operation and sleep a little, to widen the
  * races.  An optional last phase closes the host while the helper ends the
  * remaining operations.
@@ -27,11 +29,13 @@
  *   G8  once cc_host_close returned, nothing is in flight and no callback runs;
  *   G10 a handle whose end returned, or whose end was called from inside
  *       its own cancel callback, reads stale on any other thread;
- *   stats agree with the callbacks counted.
- * Known-bug switches (as in fuzz_api.c, CC_FUZZ_STRICT): stale_per_thread
- * (checked only when strict), g3_vs_end (G3 checked weakly unless strict)
- * and visit_race (the helper calls cc_op_visit_register_faults only when
- * strict: the core crashes).
+ *   watched: at most one CANCELED notice per operation, RUN_USER at most
+ *       once and only for a registration that succeeds, never after an end
+ *       returned; a free-state is due (end's key or ENDED|FREE_DUE) exactly
+ *       once per successful registration with one;
+ *   stats agree with the callbacks and notices counted.
+ * The old known bugs stale_per_thread and g3_vs_end are fixed in the core:
+ * both are checked strictly.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -52,13 +56,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAXOPS 48
 #define MAXREGS 128
 
-static bool g_tolerate_stale_per_thread = true;
-static bool g_tolerate_visit_race = true;
-static bool g_tolerate_g3_vs_end = true;
 static bool g_trace;
 
 typedef struct {
     int op;
+    bool watched;               /* cc_op_register_watched, key = index + 2 */
     bool has_free, end_self;
     unsigned sleep_us;
     atomic_int cancel_runs, free_runs, in_cancel;
@@ -71,6 +73,8 @@ typedef struct {
 
 typedef struct {
     _Atomic(cc_op *) h;
+    bool watched;               /* set before h is published */
+    atomic_int notices;         /* CANCELED notices */
     atomic_int ok_ends, ok_regs, ended_in_cb;
     atomic_int end_returned;    /* a cc_op_end from outside its callbacks returned CC_OK */
 } mop;
@@ -83,6 +87,8 @@ static mreg g_regs[MAXREGS];
 static atomic_int g_nregs;
 static atomic_int g_abort_started, g_abort_done, g_fault_started;
 static atomic_int g_callbacks_running;
+static atomic_int g_unnamed_notices; /* CANCELED before begin_watched returned */
+static atomic_int g_user_notices;
 
 static void fail(const char *fmt, ...)
 {
@@ -91,10 +97,7 @@ static void fail(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nknown-bug switches: stale_per_thread=%s visit_race=%s g3_vs_end=%s\n",
-            g_tolerate_stale_per_thread ? "tolerated" : "checked",
-            g_tolerate_visit_race ? "tolerated" : "checked",
-            g_tolerate_g3_vs_end ? "tolerated" : "checked");
+    fprintf(stderr, "\n");
     abort();
 }
 
@@ -116,6 +119,8 @@ static void nap(unsigned us)
 
 /* ------------------------------------------------------------ callbacks */
 
+static int64_t hv(cc_op *h) { return (int64_t)(intptr_t)h; }
+
 static void cancel_cb(cc_reason reason, void *state)
 {
     mreg *r = state;
@@ -130,16 +135,18 @@ static void cancel_cb(cc_reason reason, void *state)
     atomic_store(&r->reason, reason);
     atomic_store(&r->in_cancel, 1);
     cc_op *h = atomic_load(&o->h);
-    if (h) { /* (NULL in a G3 run inside cc_op_begin_with_cancel) */
+    if (h) {
         int is = cc_op_is_canceled(h);
         cc_reason rr = cc_op_reason(h);
         EXPECT(is == 1 && rr == reason, "inside its own cancel callback op%d reads "
                "is_canceled %d reason %d; the callback's reason is %d (G6/G10)", r->op, is, rr, reason);
         if (r->end_self) {
-            cc_status st = cc_op_end(h);
-            EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION,
-                   "cc_op_end from its own cancel callback returned %s", cc_status_str(st));
-            if (st == CC_OK) {
+            /* Deferred (CC_OK / CC_END_DEFERRED), or an end on another
+             * thread began first and waits for us. */
+            int64_t st = o->watched ? cc_op_end_watched(hv(h)) : (int64_t)cc_op_end(h);
+            EXPECT(st == (o->watched ? CC_END_DEFERRED : CC_OK) || st == CC_E_INVALID_OPERATION,
+                   "ending op%d from its own cancel callback returned %lld", r->op, (long long)st);
+            if (st >= 0) {
                 /* In this order: a reader that sees ok_ends sees this too. */
                 atomic_store(&o->ended_in_cb, 1);
                 atomic_fetch_add(&o->ok_ends, 1);
@@ -154,11 +161,70 @@ static void cancel_cb(cc_reason reason, void *state)
 static void free_cb(void *state)
 {
     mreg *r = state;
+    EXPECT(atomic_load(&r->ready), "free-state of an unpublished registration");
     EXPECT(atomic_load(&r->failed) == 0, "the free-state of a failed registration ran (G2/G4)");
     EXPECT(atomic_load(&r->in_cancel) == 0, "free-state overlaps its cancel callback (G5)");
     atomic_fetch_add(&g_callbacks_running, 1);
     EXPECT(atomic_fetch_add(&r->free_runs, 1) == 0, "free-state ran twice (G4)");
     atomic_fetch_sub(&g_callbacks_running, 1);
+}
+
+static int op_of(int64_t v)
+{
+    int n = atomic_load(&g_nops);
+    for (int k = 0; k < n; k++)
+        if (hv(atomic_load(&g_ops[k].h)) == v)
+            return k;
+    return -1;
+}
+
+static mreg *reg_of_key(int64_t key)
+{
+    int i = (int)(key - 2);
+    EXPECT(key >= 2 && i < atomic_load(&g_nregs) && i < MAXREGS, "notice with key %lld, "
+           "which no registration gave", (long long)key);
+    mreg *r = &g_regs[i];
+    EXPECT(atomic_load(&r->ready) && r->watched, "notice with key %lld of a C registration",
+           (long long)key);
+    return r;
+}
+
+/* The binding function: runs on any thread; checks what can be checked
+ * whatever the interleaving, and runs the users' cancel callbacks. */
+static void binding_fn(void *arg, const cc_notice *n, size_t count)
+{
+    (void)arg;
+    EXPECT(count >= 1 && count <= 64, "a batch of %zu notices", count);
+    for (size_t i = 0; i < count; i++) {
+        int64_t what = n[i].what;
+        if (what & CC_NOTICE_ENDED) {
+            EXPECT(count == 1 && !(what & (CC_NOTICE_CANCELED | CC_NOTICE_RUN_USER)),
+                   "an ENDED notice in a batch or with cancel bits");
+            if (what & CC_NOTICE_FREE_DUE)
+                free_cb(reg_of_key(n[i].user_key));
+            else if (n[i].user_key)
+                EXPECT(!reg_of_key(n[i].user_key)->has_free,
+                       "ENDED without FREE_DUE for a registration with a free-state (G4)");
+            continue;
+        }
+        cc_reason reason = (cc_reason)(what >> 8);
+        EXPECT(reason == CC_HOST_ABORT || reason == CC_CHANNEL_FAULTED, "notice reason %d", reason);
+        if (what & CC_NOTICE_CANCELED) {
+            int k = op_of(n[i].op);
+            if (k < 0)
+                atomic_fetch_add(&g_unnamed_notices, 1);
+            else
+                EXPECT(atomic_fetch_add(&g_ops[k].notices, 1) == 0,
+                       "op%d was told CANCELED twice", k);
+        }
+        if (what & CC_NOTICE_RUN_USER) {
+            atomic_fetch_add(&g_user_notices, 1);
+            cancel_cb(reason, reg_of_key(n[i].user_key));
+        } else {
+            EXPECT(n[i].user_key == 0, "a notice without RUN_USER carries key %lld",
+                   (long long)n[i].user_key);
+        }
+    }
 }
 
 /* ------------------------------------------------------------- actions */
@@ -170,6 +236,7 @@ static mreg *new_reg(int op, unsigned fl)
         return NULL;
     mreg *r = &g_regs[i];
     r->op = op;
+    r->watched = g_ops[op].watched;
     r->has_free = fl & 1;
     r->end_self = (fl & 2) != 0;
     r->sleep_us = (fl & 4) ? (fl >> 3) * 20 : 0;
@@ -193,20 +260,24 @@ static void act_register(int k, unsigned fl)
     if (!h || !r)
         return;
     int was = cc_op_is_canceled(h);
-    cc_status st = cc_op_register_cancel(h, cancel_cb, r->has_free ? free_cb : NULL, r);
+    if (fl & 0x80) { /* the other kind's function: refused, nothing changes */
+        cc_status wst = o->watched ? cc_op_register_cancel(h, cancel_cb, NULL, r)
+                                   : cc_op_register_watched(hv(h), 5, 1);
+        EXPECT(wst == CC_E_INVALID_OPERATION, "registering op%d with the other kind's function "
+               "returned %s", k, cc_status_str(wst));
+    }
+    cc_status st = o->watched
+                       ? cc_op_register_watched(hv(h), (int64_t)(r - g_regs) + 2, r->has_free)
+                       : cc_op_register_cancel(h, cancel_cb, r->has_free ? free_cb : NULL, r);
     if (st == CC_OK) {
         atomic_store(&r->ok, 1);
         EXPECT(atomic_fetch_add(&o->ok_regs, 1) == 0,
                "two registrations of op%d succeeded (G2)", k);
-        if (was == 1 && atomic_load(&r->cancel_runs) != 1) {
-            /* Known bug g3_vs_end: an end on another thread overtook the
-             * registration's own G3 run.  Tolerated, the end must at least
-             * have begun (the handle reads stale). */
-            EXPECT(g_tolerate_g3_vs_end && cc_op_is_canceled(h) == CC_E_INVALID_OPERATION,
+        if (was == 1)
+            EXPECT(atomic_load(&r->cancel_runs) == 1,
                    "op%d was canceled before it registered and the registration succeeded, "
-                   "but its callback did not run inside the register call (G3)%s", k,
-                   g_tolerate_g3_vs_end ? "" : " [known bug g3_vs_end]");
-        }
+                   "but its callback did not run inside the register call (G3; once g3_vs_end)",
+                   k);
         if (!atomic_load(&g_abort_started))
             atomic_store(&r->before_abort, 1);
     } else {
@@ -229,9 +300,23 @@ static void act_end(int k)
      * callback another canceller queued may be overtaken by this end (G5). */
     bool after_abort = atomic_load(&g_abort_done) && atomic_load(&g_abort_started) == 1
                        && !atomic_load(&g_fault_started);
-    cc_status st = cc_op_end(h);
-    EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION, "cc_op_end returned %s", cc_status_str(st));
-    if (st != CC_OK)
+    int64_t st;
+    if (o->watched) {
+        st = cc_op_end_watched(hv(h));
+        EXPECT(st == CC_END_DONE || st >= 2 || st == CC_E_INVALID_OPERATION,
+               "cc_op_end_watched from outside its callbacks returned %lld", (long long)st);
+        if (st >= 2) {
+            mreg *r = reg_of_key(st);
+            EXPECT(r->op == k, "cc_op_end_watched(op%d) handed back op%d's key", k, r->op);
+            if (r->has_free)
+                free_cb(r); /* the caller runs it (G4) */
+        }
+    } else {
+        st = cc_op_end(h);
+        EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION, "cc_op_end returned %s",
+               cc_status_str((cc_status)st));
+    }
+    if (st < 0)
         return;
     atomic_store(&o->end_returned, 1);
     atomic_fetch_add(&o->ok_ends, 1);
@@ -263,14 +348,14 @@ static void act_read(int k)
     EXPECT(rr >= CC_REASON_INVALID && rr <= CC_CHANNEL_FAULTED, "cc_op_reason returned %d", rr);
     if (ended)
         EXPECT(is == CC_E_INVALID_OPERATION, "op%d's end returned, yet it reads %d (G10)", k, is);
-    if (ended_in_cb && !g_tolerate_stale_per_thread)
+    if (ended_in_cb)
         EXPECT(is == CC_E_INVALID_OPERATION,
                "op%d ended itself from inside its cancel callback (running on another thread), "
-               "yet this thread reads is_canceled %d, not stale (G10) [known bug stale_per_thread]",
+               "yet this thread reads is_canceled %d, not stale (G10; once stale_per_thread)",
                k, is);
 }
 
-static void act_begin(unsigned b, bool with_cancel, unsigned fl)
+static void act_begin(unsigned b, bool watched)
 {
     int k = atomic_load(&g_nops);
     if (k >= MAXOPS)
@@ -278,19 +363,11 @@ static void act_begin(unsigned b, bool with_cancel, unsigned fl)
     cc_channel *ch = g_ch[b % NCH];
     cc_op *h = NULL;
     cc_status st;
-    if (with_cancel) {
-        mreg *r = new_reg(k, fl);
-        if (!r)
-            return;
-        h = cc_op_begin_with_cancel(ch, cancel_cb, r->has_free ? free_cb : NULL, r, &st);
-        if (st == CC_OK) {
-            atomic_store(&r->ok, 1);
-            atomic_store(&g_ops[k].ok_regs, 1);
-            if (!atomic_load(&g_abort_started))
-                atomic_store(&r->before_abort, 1);
-        } else {
-            atomic_store(&r->failed, 1);
-        }
+    g_ops[k].watched = watched;
+    if (watched) {
+        int64_t v = cc_op_begin_watched(ch);
+        st = v > 0 ? CC_OK : (cc_status)v;
+        h = v > 0 ? (cc_op *)(intptr_t)v : NULL;
     } else {
         st = cc_op_begin(ch, &h);
     }
@@ -337,19 +414,7 @@ static void *helper(void *arg)
         case 2: act_end(pick(b)); break;
         case 3: act_read(pick(b)); break;
         case 4: act_register(pick(b), next(s)); break;
-        case 5:
-            if (g_tolerate_visit_race) {
-                nap(b & 0x1f);
-            } else {
-                int k = pick(b);
-                cc_op *h = k < 0 ? NULL : atomic_load(&g_ops[k].h);
-                if (h) {
-                    cc_status st = cc_op_visit_register_faults(h);
-                    EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION,
-                           "cc_op_visit_register_faults returned %s", cc_status_str(st));
-                }
-            }
-            break;
+        case 5: nap(b & 0x1f); break;
         }
     }
     return NULL;
@@ -360,14 +425,17 @@ static void main_script(script *s)
     while (s->i < s->n) {
         unsigned op = next(s) % 8, b = next(s);
         switch (op) {
-        case 0: act_begin(b, false, 0); break;
+        case 0: act_begin(b, false); break;
         case 1: act_register(pick(b), next(s)); break;
         case 2: act_end(pick(b)); break;
         case 3: act_read(pick(b)); break;
         case 4: act_fault(b); break;
         case 5: nap(b & 0x1f); break;
-        case 6: act_begin(b, true, next(s)); break;
-        case 7: act_begin(b, false, 0); act_register(atomic_load(&g_nops) - 1, b); break;
+        case 6: act_begin(b, true); break;
+        case 7:
+            act_begin(b, (b & 0x40) != 0);
+            act_register(atomic_load(&g_nops) - 1, b & 0x3f);
+            break;
         }
     }
 }
@@ -395,6 +463,8 @@ static void reset(void)
     atomic_store(&g_abort_done, 0);
     atomic_store(&g_fault_started, 0);
     atomic_store(&g_callbacks_running, 0);
+    atomic_store(&g_unnamed_notices, 0);
+    atomic_store(&g_user_notices, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -402,13 +472,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static bool inited;
     if (!inited) {
         inited = true;
-        const char *s = getenv("CC_FUZZ_STRICT");
-        if (s && (strstr(s, "all") || strstr(s, "stale_per_thread")))
-            g_tolerate_stale_per_thread = false;
-        if (s && (strstr(s, "all") || strstr(s, "visit_race")))
-            g_tolerate_visit_race = false;
-        if (s && (strstr(s, "all") || strstr(s, "g3_vs_end")))
-            g_tolerate_g3_vs_end = false;
         const char *t = getenv("CC_FUZZ_TRACE");
         g_trace = t && *t && strcmp(t, "0") != 0;
     }
@@ -418,7 +481,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned flags = data[0];
     data++;
     size--;
-    EXPECT(cc_host_create(&g_host) == CC_OK && cc_host_open(g_host) == CC_OK, "host set-up");
+    EXPECT(cc_host_create(&g_host) == CC_OK && cc_host_set_binding(g_host, binding_fn, NULL) == CC_OK
+               && cc_host_open(g_host) == CC_OK, "host set-up");
     for (int i = 0; i < NCH; i++)
         EXPECT(cc_channel_open(g_host, &g_ch[i]) == CC_OK, "channel set-up");
 
@@ -456,8 +520,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             act_end(k);
     }
 
-    uint64_t cancels = 0, frees = 0;
+    uint64_t cancels = 0, frees = 0, notices = (uint64_t)atomic_load(&g_unnamed_notices);
     for (int k = 0; k < n; k++) {
+        notices += (uint64_t)atomic_load(&g_ops[k].notices);
         EXPECT(atomic_load(&g_ops[k].ok_ends) == 1, "op%d: %d calls of cc_op_end succeeded, "
                "exactly one should (G4/G10)", k, atomic_load(&g_ops[k].ok_ends));
         EXPECT(atomic_load(&g_ops[k].ok_regs) <= 1, "op%d: two registrations succeeded (G2)", k);
@@ -472,7 +537,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             EXPECT(c == 0 && f == 0, "a registration that failed ran callbacks (G2/G4)");
         }
-        cancels += (uint64_t)c;
+        if (!r->watched)
+            cancels += (uint64_t)c; /* watched: counted by their CANCELED notices */
         frees += (uint64_t)f;
     }
     cc_stats st;
@@ -480,9 +546,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     EXPECT(st.ops_begun == (uint64_t)n && st.ops_ended == (uint64_t)n && st.ops_in_flight == 0,
            "stats: begun %llu ended %llu in flight %llu, %d operations", (unsigned long long)st.ops_begun,
            (unsigned long long)st.ops_ended, (unsigned long long)st.ops_in_flight, n);
-    EXPECT(st.cancels_host_abort + st.cancels_channel_faulted == cancels,
-           "stats count %llu cancel callbacks, %llu ran", (unsigned long long)(st.cancels_host_abort
-           + st.cancels_channel_faulted), (unsigned long long)cancels);
+    EXPECT(st.cancels_host_abort + st.cancels_channel_faulted == cancels + notices,
+           "stats count %llu cancels, %llu C callbacks ran and %llu CANCELED notices came",
+           (unsigned long long)(st.cancels_host_abort + st.cancels_channel_faulted),
+           (unsigned long long)cancels, (unsigned long long)notices);
+    EXPECT(cc_host_stat(g_host, CC_STAT_USER_CANCELS_RUN) == (uint64_t)atomic_load(&g_user_notices),
+           "CC_STAT_USER_CANCELS_RUN is %llu, %d RUN_USER notices came",
+           (unsigned long long)cc_host_stat(g_host, CC_STAT_USER_CANCELS_RUN),
+           atomic_load(&g_user_notices));
     EXPECT(st.free_states_run == frees, "stats count %llu free-states, %llu ran",
            (unsigned long long)st.free_states_run, (unsigned long long)frees);
     EXPECT(st.ops_canceled >= st.cancels_host_abort + st.cancels_channel_faulted,
