@@ -7,6 +7,7 @@ could crash or hang the interpreter runs in a child interpreter
 from __future__ import annotations
 
 import asyncio
+import dis
 import gc
 import os
 import signal
@@ -277,7 +278,7 @@ def test_end_after_an_exception_inside_register_returns() -> None:
     host.open()
     ch = host.accept_channel()
     code = cancelcore.OperationContext.register_for_cancel.__code__
-    lines = sorted({ln for _, _, ln in code.co_lines() if ln is not None})
+    lines = sorted({ln for _, ln in dis.findlinestarts(code) if ln is not None})
     for target in lines:
         ctx = ch.begin_operation()
 

@@ -262,6 +262,8 @@ def otel_points(reader: InMemoryMetricReader) -> dict[str, Any]:
     for rm in data.resource_metrics if data is not None else []:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
+                if not m.name.startswith("cancelcore."):
+                    continue  # the SDK's own metrics (some versions report them)
                 points: Any = m.data.data_points
                 out[m.name] = (m, {frozenset(p.attributes.items()): p.value for p in points})
     return out
