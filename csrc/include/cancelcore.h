@@ -385,7 +385,10 @@ CC_API cc_status cc_host_latency(cc_host *host, uint64_t *counts, size_t n);
  * The binding function runs with no lock held (G11), under the same rules
  * as a cancel callback: every operation in a batch counts as "inside its own
  * callback" on that thread, and an end on another thread waits for the
- * batch to return (G5).  Handles are passed as integers (int64_t): the same
+ * batch to return (G5).  An operation a canceller has taken for a batch it
+ * has not delivered yet has not started: an end overtakes it (the binding
+ * never hears of that cancel), and a registration on it from the
+ * canceller's own thread runs the user's cancel in place (G3).  Handles are passed as integers (int64_t): the same
  * value as the cc_op pointer, always positive. */
 typedef struct cc_notice {
     int64_t op;        /* the operation's handle value */
