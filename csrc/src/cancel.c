@@ -65,11 +65,11 @@ bool cc_owns_queued(const cc_slot *slot)
 
 /* --------------------------------------------------------- accounting */
 
-static void count_cancel(cc_host *host, cc_reason reason)
+static void count_cancel(cc_host *host, cc_reason reason, uint64_t n)
 {
     atomic_fetch_add_explicit(reason == CC_HOST_ABORT ? &host->cancels_abort
                                                       : &host->cancels_fault,
-                              1, memory_order_relaxed);
+                              n, memory_order_relaxed);
 }
 
 static void count_latency(cc_host *host, int64_t trigger_ns, uint64_t n)
@@ -132,7 +132,7 @@ static void run_c(cc_host *host, cc_slot *slot, cc_reason reason, int64_t trigge
         cc_frame_push(&frame, slot, host);
         slot->cancel(reason, slot->user);
         cc_frame_pop(&frame);
-        count_cancel(host, reason);
+        count_cancel(host, reason, 1);
     }
     after_run(slot, invoked);
 }
@@ -181,9 +181,7 @@ static void deliver(cc_host *host, cc_batch *q, cc_reason reason, int64_t trigge
     frame.nbatch = n;
     binding_call(host, notices, n);
     cc_frame_pop(&frame);
-    atomic_fetch_add_explicit(reason == CC_HOST_ABORT ? &host->cancels_abort
-                                                      : &host->cancels_fault,
-                              n, memory_order_relaxed);
+    count_cancel(host, reason, n);
     atomic_fetch_add_explicit(&host->user_cancels, users, memory_order_relaxed);
     /* The batch has returned: drop every run first, then finish what ends
      * left to us -- a free-state run by a finish may end a batch-mate, which
@@ -296,7 +294,7 @@ void cc_run_registered(cc_host *host, cc_slot *slot, bool owned)
         atomic_fetch_add_explicit(&host->user_cancels, 1, memory_order_relaxed);
     } else {
         slot->cancel(reason, slot->user);
-        count_cancel(host, reason);
+        count_cancel(host, reason, 1);
     }
     cc_frame_pop(&frame);
     if (owned)
@@ -323,12 +321,12 @@ static uint64_t cancel_ending(cc_host *host, cc_slot *slot, unsigned faults, uin
                        CC_NOTICE_CANCELED | (armed ? CC_NOTICE_RUN_USER : 0)
                            | ((int64_t)reason << 8)};
         binding_call(host, &n, 1);
-        count_cancel(host, reason);
+        count_cancel(host, reason, 1);
         if (armed)
             atomic_fetch_add_explicit(&host->user_cancels, 1, memory_order_relaxed);
     } else if (armed) {
         slot->cancel(reason, slot->user);
-        count_cancel(host, reason);
+        count_cancel(host, reason, 1);
     }
     cc_frame_pop(&frame);
     return cc_st_ran_ending(slot);

@@ -156,14 +156,15 @@ _arming: dict[int, Registration] = {}
 
 
 def _registration(ctx: Optional[OperationContext], key: int) -> Optional[Registration]:
-    """The registration the core names by key (its id: unique while alive).
-    The table is read first: its entry goes only after the context has it."""
-    reg = _arming.get(key)
-    if reg is None and ctx is not None:
-        reg = ctx._reg
-        if reg is not None and id(reg) != key:
-            reg = None
-    return reg
+    """The registration the core names by key (its id: unique while alive):
+    on the context, or else still in the arming table -- unless filed since,
+    as it is filed on the context before it leaves the table."""
+    reg = ctx._reg if ctx is not None else None
+    if reg is None or id(reg) != key:
+        reg = _arming.get(key)
+        if reg is None and ctx is not None:
+            reg = ctx._reg
+    return reg if reg is not None and id(reg) == key else None
 
 
 class Binding:
@@ -244,16 +245,8 @@ class Binding:
                         if stage == 1:
                             failure = None
                             if what & _RUN_USER:
-                                key = values[i + 1]
-                                reg = ctx._reg if ctx is not None else None
-                                if reg is None or id(reg) != key:
-                                    # Not on the context yet: in the arming
-                                    # table, unless filed since (it is
-                                    # filed before it leaves the table).
-                                    reg = _arming.get(key)
-                                    if reg is None and ctx is not None:
-                                        reg = ctx._reg
-                                if reg is not None and id(reg) == key:
+                                reg = _registration(ctx, values[i + 1])
+                                if reg is not None:
                                     try:
                                         reg[0](reason, reg[2])
                                     except RecursionError as exc:
@@ -468,18 +461,9 @@ class OperationContext:
         else:
             try:
                 if r:
-                    reg = self._reg
-                    if reg is None or id(reg) != r:
-                        reg = _registration(self, r)
-                    if reg is not None and reg[1] is not None:
-                        try:
-                            reg[1](reg[2])
-                        except BaseException as exc:  # G13
-                            _callback_failed(exc, b, self, "free_state")
+                    b.run_free_state(_registration(self, r), self)
             finally:  # completed, even if a signal lands here (close waits)
-                b.ops.pop(h, None)
-                if b.closing:
-                    b.wake()
+                b.done(h)
         if _interrupts:
             reraise_interrupts()
 
