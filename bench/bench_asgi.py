@@ -58,7 +58,7 @@ from typing import Any, AsyncIterator, Optional
 
 # support/: the measurement helpers shared with the tests and the examples.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
-from measure import cpu_model, machine_line, percentile  # noqa: E402
+from measure import LoopStall, cpu_model, machine_line, percentile  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -399,37 +399,23 @@ def loop_stall(offloaded: bool, n: int, block: float) -> list[float]:
     async def main() -> list[float]:
         gaps: list[float] = []
         for _ in range(n):
-            worst = 0.0
-            stop = False
+            async with LoopStall() as stall:
+                await asyncio.sleep(0.005)
+                stall.reset()
+                ch = host.accept_channel()
+                ctx = ch.begin_operation()
 
-            async def ticker() -> None:
-                nonlocal worst
-                last = time.perf_counter()
-                while not stop:
-                    await asyncio.sleep(0.001)
-                    now = time.perf_counter()
-                    worst = max(worst, now - last)
-                    last = now
+                def blocking(reason: Any, state: Any) -> None:
+                    time.sleep(block)
 
-            tick = asyncio.ensure_future(ticker())
-            await asyncio.sleep(0.005)
-            worst = 0.0
-            ch = host.accept_channel()
-            ctx = ch.begin_operation()
-
-            def blocking(reason: Any, state: Any) -> None:
-                time.sleep(block)
-
-            if offloaded:
-                ctx.register_for_cancel(*offload(blocking))
-            else:
-                ctx.register_for_cancel(blocking)
-            ch.fault()
-            ctx.end()
-            await asyncio.sleep(block + 0.005)
-            stop = True
-            await tick
-            gaps.append(worst * 1e3)
+                if offloaded:
+                    ctx.register_for_cancel(*offload(blocking))
+                else:
+                    ctx.register_for_cancel(blocking)
+                ch.fault()
+                ctx.end()
+                await asyncio.sleep(block + 0.005)
+            gaps.append(stall.worst * 1e3)
         return gaps
 
     try:

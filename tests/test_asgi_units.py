@@ -14,6 +14,7 @@ import pytest
 
 from cancelcore import CancelReason, ServiceHost
 from cancelcore.asgi import CancellationMiddleware, offload, serve
+from measure import LoopStall  # support/ (on sys.path via conftest)
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -130,35 +131,21 @@ def loop_stall(host: ServiceHost, offloaded: bool, n: int = 5, block: float = 0.
     from the loop (as a disconnect is)."""
 
     async def main() -> float:
-        worst = 0.0
-        stop = False
-
-        async def ticker() -> None:
-            nonlocal worst
-            last = time.perf_counter()
-            while not stop:
-                await asyncio.sleep(0.001)
-                now = time.perf_counter()
-                worst = max(worst, now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0.02)
-        for _ in range(n):
-            ch = host.accept_channel()
-            ctx = ch.begin_operation()
-            cb = (lambda r, s: time.sleep(block))
-            if offloaded:
-                ctx.register_for_cancel(*offload(cb))
-            else:
-                ctx.register_for_cancel(cb)
-            ch.fault()  # on the loop's thread, like a disconnect
-            ctx.end()
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.1)
-        stop = True
-        await tick
-        return worst
+        async with LoopStall() as stall:
+            await asyncio.sleep(0.02)
+            for _ in range(n):
+                ch = host.accept_channel()
+                ctx = ch.begin_operation()
+                cb = (lambda r, s: time.sleep(block))
+                if offloaded:
+                    ctx.register_for_cancel(*offload(cb))
+                else:
+                    ctx.register_for_cancel(cb)
+                ch.fault()  # on the loop's thread, like a disconnect
+                ctx.end()
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)
+        return stall.worst
 
     return asyncio.run(main())
 
