@@ -362,6 +362,7 @@ STATS_KEYS = {
     "callback_errors",
     "channels_open",
     "faults_injected",
+    "deadlines_expired",
 }
 
 
@@ -420,6 +421,7 @@ def test_stats_after_scripted_sequence(host: ServiceHost, error_hook: Any) -> No
         "callback_errors": 1,
         "channels_open": 1,  # a was never closed by its user
         "faults_injected": 0,
+        "deadlines_expired": 0,
     }
     assert freed4 == [4]
     # Counters run since the host was created: a reset does not clear them.

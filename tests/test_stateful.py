@@ -407,6 +407,7 @@ class HostMachine(RuleBasedStateMachine):
             "callback_errors": self.errors,
             "channels_open": self.channels_open,
             "faults_injected": 0,
+            "deadlines_expired": 0,
         }
 
 

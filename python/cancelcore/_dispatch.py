@@ -10,7 +10,7 @@ import asyncio
 import functools
 import inspect
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._operation import OperationContext, _current
 
@@ -34,9 +34,10 @@ def _run(ctx: OperationContext, fn: Callable[..., Any], args: tuple[Any, ...]) -
 
 
 def run_sync(
-    executor: ThreadPoolExecutor, channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...]
+    executor: ThreadPoolExecutor, channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...],
+    *, deadline: Optional[float] = None,
 ) -> Future[Any]:
-    ctx = channel.begin_operation()
+    ctx = channel.begin_operation(deadline=deadline)
     try:
         future = executor.submit(_run, ctx, fn, args)
     except BaseException:
@@ -58,12 +59,13 @@ def _task_done(ctx: OperationContext, live: set[OperationContext], task: object)
 
 
 def run_async(
-    channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...], *, cancel_task: bool = True
+    channel: Channel, fn: Callable[..., Any], args: tuple[Any, ...], *, cancel_task: bool = True,
+    deadline: Optional[float] = None,
 ) -> asyncio.Task[Any]:
     """``cancel_task=False``: the caller's ``fn`` interrupts itself (through
     ``ctx._add_hook``), as the ASGI adapter does with an anyio cancel scope."""
     loop = asyncio.get_running_loop()  # RuntimeError outside a loop
-    ctx = channel.begin_operation()
+    ctx = channel.begin_operation(deadline=deadline)
 
     async def operation() -> Any:
         _current.set(ctx)  # the task runs in its own copy of the context

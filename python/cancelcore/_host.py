@@ -15,6 +15,7 @@ from typing import Any, Callable, Coroutine, Optional, TypeVar, Union, overload
 
 from . import _dispatch, _operation
 from ._cancelcore import ffi, lib
+from ._deadline import DeadlineTimer, check_deadline
 from ._enums import ChannelState, FaultAction, FaultPoint, HostState
 from ._errors import InvalidOperationError, raise_status
 from ._operation import (
@@ -92,6 +93,7 @@ class ServiceHost:
         self._faults = FaultPlan(self)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
+        self._timer: Optional[DeadlineTimer] = None
         # Not at exit: a host Python can still reach is never freed under it.
         self._finalizer = weakref.finalize(self, _release_host, b)
         self._finalizer.atexit = False
@@ -272,7 +274,8 @@ class ServiceHost:
         ``ops_begun``, ``ops_ended``, ``ops_canceled``,
         ``cancels_host_abort`` and ``cancels_channel_faulted`` (cancellations
         delivered, by reason), ``cancel_callbacks_run``, ``free_states_run``,
-        ``callback_errors``, ``channels_open``, ``faults_injected``."""
+        ``callback_errors``, ``channels_open``, ``faults_injected``,
+        ``deadlines_expired`` (operations canceled by their deadline)."""
         st = ffi.new("cc_stats *")
         lib.cc_host_get_stats(self._ptr, st)
         return {
@@ -287,6 +290,7 @@ class ServiceHost:
             "callback_errors": st.callback_errors,
             "channels_open": st.channels_open,
             "faults_injected": lib.cc_host_fault_count(self._ptr),
+            "deadlines_expired": self._timer.expired if self._timer is not None else 0,
         }
 
     def cancel_latency(self) -> tuple[list[tuple[float, int]], int, float]:
@@ -313,14 +317,19 @@ class ServiceHost:
     # ------------------------------------------------------------ dispatch
 
     @overload
-    def dispatch(  # type: ignore[overload-overlap]
-        self, channel: Channel, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    def dispatch(
+        self, channel: Channel, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any,
+        deadline: Optional[float] = None,
     ) -> asyncio.Task[T]: ...
 
     @overload
-    def dispatch(self, channel: Channel, fn: Callable[..., T], *args: Any) -> Future[T]: ...
+    def dispatch(
+        self, channel: Channel, fn: Callable[..., T], *args: Any, deadline: Optional[float] = None
+    ) -> Future[T]: ...
 
-    def dispatch(self, channel: Channel, fn: Callable[..., Any], *args: Any) -> Union[Future[Any], asyncio.Task[Any]]:
+    def dispatch(
+        self, channel: Channel, fn: Callable[..., Any], *args: Any, deadline: Optional[float] = None
+    ) -> Union[Future[Any], asyncio.Task[Any]]:
         """Begins an operation on ``channel`` and runs ``fn(ctx, *args)``.
 
         A plain function runs on the host's worker threads and a
@@ -329,7 +338,8 @@ class ServiceHost:
         ``asyncio.Task`` (returned), cancelled when its operation is canceled.
         Either way the operation ends when ``fn`` returns or raises, and the
         future or task holds its result or exception.  ``current_operation()``
-        inside ``fn`` is ``ctx``."""
+        inside ``fn`` is ``ctx``.  ``deadline``: as for
+        ``Channel.begin_operation``."""
         if not isinstance(channel, Channel):
             raise TypeError("channel must be a Channel")
         if channel._host is not self:
@@ -337,8 +347,17 @@ class ServiceHost:
         if not callable(fn):
             raise TypeError("fn must be callable")
         if _dispatch.is_async(fn):
-            return _dispatch.run_async(channel, fn, args)
-        return _dispatch.run_sync(self._workers(), channel, fn, args)
+            return _dispatch.run_async(channel, fn, args, deadline=deadline)
+        return _dispatch.run_sync(self._workers(), channel, fn, args, deadline=deadline)
+
+    def _deadlines(self) -> DeadlineTimer:
+        timer = self._timer
+        if timer is None:
+            with self._executor_lock:
+                if self._timer is None:
+                    self._timer = DeadlineTimer(self._b)
+                timer = self._timer
+        return timer
 
     def _workers(self) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -459,11 +478,20 @@ class Channel:
             return ChannelState.CLOSED
         return ChannelState(lib.cc_channel_state(self._ptr))
 
-    def begin_operation(self) -> OperationContext:
+    def begin_operation(self, *, deadline: Optional[float] = None) -> OperationContext:
         """Begins an operation: one call into the core, no host-wide lock.
         ``ObjectFaultedError`` on a faulted channel or host,
         ``InvalidOperationError`` if the host is not open or the channel was
-        closed."""
+        closed.
+
+        ``deadline`` (a ``time.monotonic()`` value): if the operation is
+        still running then, this channel is faulted, canceling it with
+        ``CHANNEL_FAULTED`` as WWSAPI faults a channel whose timeout
+        expires -- so an operation with a deadline wants a channel of its
+        own, as the adapters give each call.  The host's one timer thread
+        keeps every deadline: none costs a thread or a task."""
+        if deadline is not None:
+            deadline = check_deadline(deadline)
         h = _begin(self._ptr)
         if h < 0:
             reraise_interrupts()
@@ -479,7 +507,10 @@ class Channel:
         ctx._b = b = self._b
         ctx._host = self._host
         ctx._hooks = ctx._reg = None
+        ctx._deadline = deadline
         b.ops[h] = _weakref(ctx)
+        if deadline is not None:
+            self._host._deadlines().add(ctx, h, self, deadline)
         if b.early:  # canceled before it was filed
             b.early_cancel(h, ctx)
         if _interrupts:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import warnings
 import weakref
 from contextvars import ContextVar
@@ -62,6 +63,7 @@ _unpack = ffi.unpack
 _cast = ffi.cast
 _from_handle = ffi.from_handle
 _get_ident = threading.get_ident
+_monotonic = time.monotonic
 
 _current: ContextVar[Optional[OperationContext]] = ContextVar(
     "cancelcore_current_operation", default=None
@@ -351,7 +353,8 @@ class OperationContext:
     cancel callback runs: reading them costs an attribute load.
     """
 
-    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "_reg", "__weakref__")
+    __slots__ = ("canceled", "cancel_reason", "_h", "_b", "_host", "_hooks", "_reg", "_deadline",
+                 "__weakref__")
 
     canceled: bool
     cancel_reason: Optional[CancelReason]
@@ -360,6 +363,7 @@ class OperationContext:
     _host: ServiceHost
     _hooks: Optional[list[Callable[[], object]]]
     _reg: Optional[Registration]
+    _deadline: Optional[float]
 
     def __init__(self) -> None:
         raise TypeError("operations are begun with Channel.begin_operation()")
@@ -421,6 +425,27 @@ class OperationContext:
             reason = self.cancel_reason
             assert reason is not None
             raise OperationCanceledError(reason)
+
+    # ------------------------------------------------------------ deadline
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """When the operation is canceled if still running (a
+        ``time.monotonic()`` value; ``CHANNEL_FAULTED``), or ``None``."""
+        if not self._h:
+            raise InvalidOperationError("the operation has ended")
+        return self._deadline
+
+    def time_remaining(self) -> Optional[float]:
+        """Seconds left before the deadline: ``0.0`` once it has passed,
+        ``None`` without a deadline (there is no budget to split)."""
+        if not self._h:
+            raise InvalidOperationError("the operation has ended")
+        deadline = self._deadline
+        if deadline is None:
+            return None
+        left = deadline - _monotonic()
+        return left if left > 0.0 else 0.0
 
     def _add_hook(self, hook: Callable[[], object]) -> None:
         """Library plumbing: ``hook()`` runs when the operation is canceled,
