@@ -131,7 +131,13 @@ def test_heap_stays_proportional_to_live_operations() -> None:
             ch.begin_operation(deadline=far).end()
         timer = host._timer
         assert timer is not None
-        assert len(timer._heap) <= 200
+        assert len(timer._heap) <= 1024
+        live = [ch.begin_operation(deadline=far) for _ in range(3000)]
+        for _ in range(20000):
+            ch.begin_operation(deadline=far).end()
+        assert 3000 <= len(timer._heap) <= 2 * 3000 + 1
+        for ctx in live:
+            ctx.end()
 
 
 def test_dispatch_with_deadline_cancels_task_and_thread() -> None:

@@ -510,7 +510,7 @@ class Channel:
         ctx._deadline = deadline
         b.ops[h] = _weakref(ctx)
         if deadline is not None:
-            self._host._deadlines().add(ctx, h, self, deadline)
+            (self._host._timer or self._host._deadlines()).add(ctx, h, self, deadline)
         if b.early:  # canceled before it was filed
             b.early_cancel(h, ctx)
         if _interrupts:
