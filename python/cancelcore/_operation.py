@@ -247,7 +247,10 @@ class Binding:
                         if stage == 1:
                             failure = None
                             if what & _RUN_USER:
-                                reg = _registration(ctx, values[i + 1])
+                                key = values[i + 1]
+                                reg = ctx._reg if ctx is not None else None
+                                if reg is None or id(reg) != key:
+                                    reg = _registration(ctx, key)
                                 if reg is not None:
                                     try:
                                         reg[0](reason, reg[2])
