@@ -3,10 +3,10 @@
 An operation begun with a deadline is filed in its host's heap; one daemon
 thread per host (started when the first deadline is filed, gone once the
 heap has stayed empty a while) sleeps until the earliest entry and, if that
-operation is still in flight and not canceled, faults its channel: the
-operation is canceled with ``CHANNEL_FAULTED``, as WWSAPI faults a channel
-whose timeout expires.  The adapters give every call a channel of its own,
-so that fault reaches exactly one operation.
+operation is still in flight and not canceled, cancels it with
+``CHANNEL_FAULTED`` (``cc_channel_cancel_op``), as WWSAPI faults a channel
+whose timeout expires -- that operation alone: its channel and the other
+operations on it go on.
 
 An operation that ends before its deadline is not looked up to be removed
 (that would cost every end a lock): its entry stays until it falls due and
@@ -26,7 +26,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _operation
-from ._errors import CancelCoreError
+from ._cancelcore import lib
+from ._operation import reraise_interrupts
 
 if TYPE_CHECKING:
     from ._host import Channel
@@ -39,6 +40,7 @@ _COMPACT_MIN = 1024
 _heappush = heapq.heappush
 _monotonic = time.monotonic
 _ref = weakref.ref
+_FAULTED = lib.CC_CHANNEL_FAULTED
 _INF = math.inf
 
 # (when, seq, context, handle, channel): seq keeps equal deadlines ordered
@@ -149,12 +151,12 @@ class DeadlineTimer:
         if _operation._finalizing:
             return
         try:
-            channel.fault()
-        except CancelCoreError:
-            return  # the channel or host closed meanwhile: the op is ending
+            status = lib.cc_channel_cancel_op(channel._ptr, h, _FAULTED)
+            reraise_interrupts()  # one a callback raised here: nobody to get it
         except BaseException:  # a signal on this daemon thread: drop it
             return
-        self.expired += 1
+        if status == 0:  # else: its end began meanwhile
+            self.expired += 1
 
     def _after_fork(self) -> None:
         # The parent's thread is not in the child, nor are its operations.

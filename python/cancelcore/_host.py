@@ -485,11 +485,10 @@ class Channel:
         closed.
 
         ``deadline`` (a ``time.monotonic()`` value): if the operation is
-        still running then, this channel is faulted, canceling it with
-        ``CHANNEL_FAULTED`` as WWSAPI faults a channel whose timeout
-        expires -- so an operation with a deadline wants a channel of its
-        own, as the adapters give each call.  The host's one timer thread
-        keeps every deadline: none costs a thread or a task."""
+        still running then, it is canceled with ``CHANNEL_FAULTED``, as
+        WWSAPI faults a channel whose timeout expires -- the operation
+        alone: the channel and its other operations go on.  The host's one
+        timer thread keeps every deadline: none costs a thread or a task."""
         if deadline is not None:
             deadline = check_deadline(deadline)
         h = _begin(self._ptr)
