@@ -527,6 +527,17 @@ class Channel:
         if status:
             raise_status(status, "fault a channel whose host was closed")
 
+    def _cancel_operation(self, ctx: OperationContext, reason: int = lib.CC_CHANNEL_FAULTED) -> None:
+        """Library plumbing: cancels ``ctx`` (an operation of this channel)
+        alone, as a fault of the channel would cancel it, leaving the
+        channel and its other operations alone; its callbacks run on this
+        thread before it returns.  Nothing if it ended meanwhile, or was
+        canceled already (the first reason stays, G6)."""
+        h = ctx._h
+        if h and not self._b.freed:
+            lib.cc_channel_cancel_op(self._ptr, h, reason)
+            reraise_interrupts()
+
     def close(self) -> None:
         """Closes the channel to new operations.  Its in-flight operations
         go on and can still be canceled by an abort.  Closing twice is
