@@ -125,7 +125,9 @@ class _Adapter:
         except CancelCoreError:
             return _unavailable()
         try:
-            ctx = channel.begin_operation()
+            # The caller's deadline (DESIGN 4.4); a malformed one is ignored.
+            ctx = channel.begin_operation(deadline=_adapters.deadline_from_header(
+                request.headers.get(_adapters.DEADLINE_HEADER)))
         except CancelCoreError:
             channel.close()
             return _unavailable()
