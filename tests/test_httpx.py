@@ -572,3 +572,129 @@ def test_the_downstream_deadline_expires_there(
     stats = settled(ds.host)
     assert stats["deadlines_expired"] == 1 and stats["cancels_channel_faulted"] == 1
     assert host.stats["deadlines_expired"] == 0
+
+
+# ------------------------------------------------ many at once, trio, TLS
+
+
+def test_host_abort_cancels_every_call_once(down: tuple[Downstream, LiveServer],
+                                            make_host: Callable[..., ServiceHost]) -> None:
+    """Ten sync calls in flight on ten operations; the edge host is
+    aborted: each call raises with HOST_ABORT, and each downstream request
+    is canceled exactly once (its client left: CHANNEL_FAULTED there)."""
+    ds, srv = down
+    host = make_host(max_workers=12)
+    transport = HTTPTransport()
+    client = httpx.Client(transport=transport, timeout=20)
+    keys = [f"m{i}" for i in range(10)]
+    futures = [host.dispatch(host.accept_channel(), lambda ctx, k=k: client.get(f"{srv.url}/hold/{k}"))
+               for k in keys]
+    assert all(ds[k].entered.wait(WAIT) for k in keys)
+    host.abort()
+    for f in futures:
+        exc = f.exception(WAIT)
+        assert isinstance(exc, OperationCanceledError) and exc.reason is CancelReason.HOST_ABORT, exc
+    for k in keys:
+        assert_canceled_once(ds[k])
+    stats = settled(ds.host)
+    assert (stats["ops_begun"], stats["cancels_channel_faulted"], stats["free_states_run"]) == (10, 10, 10)
+    assert pool_connections(transport) == 0
+    client.close()
+
+
+def test_async_transport_under_trio(down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    trio = pytest.importorskip("trio")
+    ds, srv = down
+    ch = host.accept_channel()
+    ctx = ch.begin_operation()
+    out: list[BaseException] = []
+
+    async def main() -> None:
+        _current.set(ctx)
+        async with httpx.AsyncClient(transport=AsyncHTTPTransport(), timeout=20) as client:
+            threading.Thread(target=lambda: (ds["trio"].entered.wait(WAIT), ch.fault())).start()
+            try:
+                await client.get(f"{srv.url}/hold/trio")
+            except OperationCanceledError as exc:
+                out.append(exc)
+
+    trio.run(main)
+    ctx.end()
+    assert len(out) == 1 and out[0].reason is FAULTED
+    assert_canceled_once(ds["trio"])
+
+
+@pytest.fixture
+def tls(tmp_path: Any) -> tuple[str, str, str]:
+    """A self-signed certificate for 127.0.0.1: (certfile, keyfile, cafile)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return str(certfile), str(keyfile), str(certfile)
+
+
+def test_tls_calls_are_aborted_sync_and_async(tls: tuple[str, str, str], host: ServiceHost) -> None:
+    """Over TLS the socket under the TLS layer is shut down (an SSLSocket's
+    own shutdown would drop TLS state the blocked reader still uses)."""
+    import ssl
+
+    certfile, keyfile, cafile = tls
+    ds = Downstream()
+    srv = LiveServer(ds.middleware, ssl_certfile=certfile, ssl_keyfile=keyfile).start()
+    url = f"https://127.0.0.1:{srv.port}"
+    try:
+        verify = ssl.create_default_context(cafile=cafile)
+        with httpx.Client(transport=HTTPTransport(verify=verify), timeout=20) as client:
+            assert client.get(f"{url}/info/plain").status_code == 200  # outside an operation
+            ch = host.accept_channel()
+            future = host.dispatch(ch, lambda ctx: client.get(f"{url}/hold/tls-sync"))
+            assert ds["tls-sync"].entered.wait(WAIT)
+            t0 = time.monotonic()
+            ch.fault()
+            exc = future.exception(WAIT)
+            assert isinstance(exc, OperationCanceledError), repr(exc)
+            assert time.monotonic() - t0 < PROMPT
+        assert_canceled_once(ds["tls-sync"])
+
+        ch = host.accept_channel()
+        ctx = ch.begin_operation()
+
+        async def main() -> BaseException:
+            _current.set(ctx)
+            async with httpx.AsyncClient(transport=AsyncHTTPTransport(verify=verify), timeout=20) as client:
+                task = asyncio.ensure_future(client.get(f"{url}/hold/tls-async"))
+                await asyncio.to_thread(ds["tls-async"].entered.wait, WAIT)
+                threading.Thread(target=ch.fault).start()
+                try:
+                    await asyncio.wait_for(task, WAIT)
+                except BaseException as exc:
+                    return exc
+                raise AssertionError("the call returned")
+
+        exc = asyncio.run(main())
+        ctx.end()
+        assert isinstance(exc, OperationCanceledError), repr(exc)
+        assert_canceled_once(ds["tls-async"])
+    finally:
+        srv.stop()
