@@ -348,6 +348,40 @@ def test_sync_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) 
         client.close()
 
 
+def test_async_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) -> None:
+    """The same with an async endpoint and the async transport: the edge
+    request's task is cancelled (or the transport aborts the call first);
+    either way the next service's request is canceled once."""
+    ds, srv = down
+    edge_seen = Seen()
+
+    async def edge(request: Request) -> Response:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(edge_seen.on_cancel, edge_seen.on_free)
+        try:
+            async with httpx.AsyncClient(transport=AsyncHTTPTransport(), timeout=20) as client:
+                await client.get(f"{srv.url}/hold/achain")
+        except (OperationCanceledError, asyncio.CancelledError):
+            edge_seen.header = "aborted"
+            raise
+        return Response("unreachable")
+
+    edge_srv = LiveServer(CancellationMiddleware(Starlette(routes=[Route("/edge", edge)]))).start()
+    try:
+        sock = open_request(edge_srv.port, "/edge")
+        assert ds["achain"].entered.wait(WAIT)
+        t0 = time.monotonic()
+        close_rst(sock)
+        assert_canceled_once(ds["achain"])
+        assert ds["achain"].cancels[0][1] - t0 < PROMPT
+        assert edge_seen.freed.wait(WAIT)
+        assert edge_seen.reasons == [FAULTED] and edge_seen.frees == 1
+        assert edge_seen.header == "aborted"
+    finally:
+        edge_srv.stop()
+
+
 # --------------------------------------------------------------- async
 
 
