@@ -732,3 +732,61 @@ def test_tls_calls_are_aborted_sync_and_async(tls: tuple[str, str, str], host: S
         assert_canceled_once(ds["tls-async"])
     finally:
         srv.stop()
+
+
+def test_cancels_racing_requests_never_hit_a_neighbour(
+        down: tuple[Downstream, LiveServer], make_host: Callable[..., ServiceHost]) -> None:
+    """Operations canceled at random moments around their request (before
+    it starts, while it connects or waits, after it completed) on a client
+    shared with a thread making plain requests: no call hangs, each
+    canceled call raises OperationCanceledError, no downstream request is
+    canceled twice, and the neighbour never loses a request (a hook of a
+    finished request never shuts down a connection that went back to the
+    pool)."""
+    import random
+
+    ds, srv = down
+    host = make_host(max_workers=2)
+    client = httpx.Client(transport=HTTPTransport(limits=httpx.Limits(max_connections=4)), timeout=20)
+    stop = threading.Event()
+    neighbour: list[int] = []
+    failures: list[BaseException] = []
+
+    def plain_requests() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                neighbour.append(client.get(f"{srv.url}/info/n{i}").status_code)
+            except BaseException as exc:  # recorded: the test fails on it
+                failures.append(exc)
+            i += 1
+
+    t = threading.Thread(target=plain_requests)
+    t.start()
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "canceled": 0}
+    try:
+        for i in range(150):
+            ch = host.accept_channel()
+            future = host.dispatch(ch, lambda ctx, i=i: client.get(f"{srv.url}/info/r{i}").status_code)
+            time.sleep(rng.random() * 0.003)
+            ch.fault()
+            exc = future.exception(WAIT)
+            if exc is None:
+                assert future.result() == 200
+                outcomes["ok"] += 1
+            else:
+                assert isinstance(exc, OperationCanceledError), repr(exc)
+                outcomes["canceled"] += 1
+    finally:
+        stop.set()
+        t.join(WAIT)
+        client.close()
+    assert failures == [] and neighbour and set(neighbour) == {200}
+    assert outcomes["ok"] + outcomes["canceled"] == 150
+    stats = settled(ds.host)
+    assert stats["ops_begun"] == stats["free_states_run"] == ds.requests
+    for key, seen in ds.seen.items():
+        assert seen.reasons in ([], [FAULTED]) and seen.frees == 1, key
+        if key.startswith("n"):
+            assert seen.reasons == [], key  # the neighbour's requests all completed
