@@ -36,7 +36,10 @@ connection's stream, at connect and at every read and write, records its
 socket in that request (a reused keep-alive connection included), and the
 operation's cancel hook shuts that socket down.  A cancel that lands before
 the socket is known is caught when it is published (both sides hold the
-request's small lock).
+request's small lock).  A request gives its socket up when its response is
+closed (before httpcore can hand the connection to another request) and
+when its connection is closed (so a late hook never shuts down a descriptor
+number that may already name another socket).
 
 Limits:
 
@@ -131,6 +134,13 @@ class _Call:
             if self.sock is not None:
                 _shutdown(self.sock)
 
+    def release(self, sock: Any) -> None:
+        """``sock`` is about to be closed: never shut it down after this
+        (its descriptor number could by then name another socket)."""
+        with self.lock:
+            if self.sock is sock:
+                self.sock = None
+
     def finish(self) -> None:
         with self.lock:
             self.done = True
@@ -179,23 +189,32 @@ class _Stream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
         self._sock = inner.get_extra_info("socket")
+        self._user: Optional[_Call] = None  # the last request that used it
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
 
     def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         self._inner.write(buffer, timeout)
 
     def close(self) -> None:
+        # Whichever thread closes it: a cancel hook must not shut the
+        # descriptor down once it is closed (the number may be reused).
+        user = self._user
+        if user is not None:
+            user.release(self._sock)
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
@@ -303,23 +322,30 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._sock = inner.get_extra_info("socket")
+        self._user: Optional[_Call] = None
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
 
     async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
+        user = self._user
+        if user is not None:
+            user.release(self._sock)
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
