@@ -121,13 +121,16 @@ class _Call:
 
     def cancel(self) -> None:
         # The operation's hook: quick, never raises, idempotent.
+        reason: Optional[CancelReason] = None
         ctx = self.ctx
         if ctx is not None:
             try:
-                self.reason = ctx.cancel_reason  # set before hooks run
+                reason = ctx.cancel_reason  # set before hooks run
             except InvalidOperationError:  # pragma: no cover - ended meanwhile
                 pass
         with self.lock:
+            if self.reason is None:
+                self.reason = reason
             self.canceled = True
             # Under the lock: once finish() has returned, this request's
             # socket may serve another request and must not be touched.
@@ -147,11 +150,21 @@ class _Call:
             self.sock = None
         self.ctx = None
 
-    def error(self) -> OperationCanceledError:
-        reason = self.reason
-        if reason is None:  # the hook ran on a context that had ended
+    def fail(self) -> Optional[OperationCanceledError]:
+        """The request failed: gives up its socket, and returns the error
+        to raise instead if its operation was canceled (the failure is
+        then the abort, or happened as the operation was going away)."""
+        with self.lock:
+            canceled, reason = self.canceled, self.reason
+        if canceled and reason is None:
+            reason = _adapters.reason(self.ctx) if self.ctx is not None else None
+        self.finish()
+        if not canceled:
+            return None
+        if reason is None:  # pragma: no cover - the hook ran on a context that had just ended
             reason = CancelReason.CHANNEL_FAULTED
-        return OperationCanceledError(reason, f"the HTTP request was aborted: its operation was canceled ({reason.name})")
+        return OperationCanceledError(
+            reason, f"the HTTP request was aborted: its operation was canceled ({reason.name})")
 
 
 # The request the current thread or task is sending (None outside our
@@ -254,9 +267,9 @@ class _Body(httpx.SyncByteStream):
         try:
             yield from self._inner
         except Exception as exc:
-            if self._call.canceled:
-                self._call.finish()
-                raise self._call.error() from exc
+            error = self._call.fail()
+            if error is not None:
+                raise error from exc
             raise
 
     def close(self) -> None:
@@ -300,9 +313,9 @@ class HTTPTransport(httpx.HTTPTransport):
         try:
             response = super().handle_request(request)
         except Exception as exc:
-            call.finish()
-            if call.canceled:
-                raise call.error() from exc
+            error = call.fail()
+            if error is not None:
+                raise error from exc
             raise
         except BaseException:
             call.finish()
@@ -385,9 +398,9 @@ class _AsyncBody(httpx.AsyncByteStream):
             async for chunk in self._inner:
                 yield chunk
         except Exception as exc:
-            if self._call.canceled:
-                self._call.finish()
-                raise self._call.error() from exc
+            error = self._call.fail()
+            if error is not None:
+                raise error from exc
             raise
 
     async def aclose(self) -> None:
@@ -422,9 +435,9 @@ class AsyncHTTPTransport(httpx.AsyncHTTPTransport):
         try:
             response = await super().handle_async_request(request)
         except Exception as exc:
-            call.finish()
-            if call.canceled:
-                raise call.error() from exc
+            error = call.fail()
+            if error is not None:
+                raise error from exc
             raise
         except BaseException:
             call.finish()
