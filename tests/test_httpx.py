@@ -422,7 +422,11 @@ def test_async_call_in_an_uncancelled_task_raises_operation_canceled(
     async def call() -> httpx.Response:
         _current.set(ctx)  # this task's own context copy
         async with httpx.AsyncClient(transport=transport, timeout=20) as client:
-            return await client.get(f"{srv.url}/hold/d")
+            try:
+                return await client.get(f"{srv.url}/hold/d")
+            finally:
+                # The aborted connection did not go back to the pool.
+                assert pool_connections(transport) == 0
 
     async def main() -> tuple[BaseException, float]:
         task = asyncio.ensure_future(call())
