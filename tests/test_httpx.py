@@ -83,7 +83,8 @@ class Downstream:
         self.lock = threading.Lock()
         self.seen: dict[str, Seen] = {}
         self.requests = 0
-        routes = [Route("/hold/{key}", self.hold), Route("/info/{key}", self.info)]
+        routes = [Route("/hold/{key}", self.hold, methods=["GET", "POST"]),
+                  Route("/info/{key}", self.info)]
         self.middleware = CancellationMiddleware(Starlette(routes=routes))
 
     def __getitem__(self, key: str) -> Seen:
@@ -306,6 +307,58 @@ def test_canceled_while_reading_a_streamed_body(
         server.join(WAIT)
         listener.close()
     assert closed.is_set()  # the server saw its client leave
+
+
+def test_canceled_while_uploading_on_the_request_thread(
+        down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    """The operation canceled by the request's own thread mid-upload (the
+    body generator faults the channel): the hook shuts the socket down
+    there, the next write fails, the call raises; the server saw its
+    client leave."""
+    ds, srv = down
+    ch = host.accept_channel()
+
+    def body() -> Iterator[bytes]:
+        yield b"x" * 1000
+        assert ds["up"].entered.wait(WAIT)
+        ch.fault()
+        yield b"y" * 1000
+
+    def call(ctx: OperationContext) -> Any:
+        with httpx.Client(transport=HTTPTransport(), timeout=20) as client:
+            return client.post(f"{srv.url}/hold/up", content=body(), headers={"content-length": "2000"})
+
+    exc = host.dispatch(ch, call).exception(WAIT)
+    assert isinstance(exc, OperationCanceledError) and exc.reason is FAULTED, repr(exc)
+    assert_canceled_once(ds["up"])
+
+
+def test_canceled_before_the_socket_is_known(down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    """The cancel lands while the connection is being made, before the
+    request has a socket to record: the hook finds none, and the socket is
+    shut down as it is published -- nothing reaches the server's app."""
+    import httpcore
+
+    ds, srv = down
+    ch = host.accept_channel()
+
+    class FaultingWhileConnecting(httpcore.SyncBackend):  # the real backend, then a fault
+        def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+            stream = super().connect_tcp(*args, **kwargs)
+            ch.fault()
+            return stream
+
+    transport = HTTPTransport()
+    transport._pool._network_backend._inner = FaultingWhileConnecting()  # type: ignore[attr-defined]
+
+    def call(ctx: OperationContext) -> Any:
+        with httpx.Client(transport=transport, timeout=20) as client:
+            return client.get(f"{srv.url}/info/early")
+
+    exc = host.dispatch(ch, call).exception(WAIT)
+    assert isinstance(exc, OperationCanceledError) and exc.reason is FAULTED, repr(exc)
+    time.sleep(0.05)
+    assert ds.requests == 0
 
 
 def test_sync_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) -> None:
