@@ -1091,6 +1091,8 @@ class _Call(grpc.Call, grpc.Future):  # type: ignore[misc]
             self._canceled(exc)
 
     def __getattr__(self, name: str) -> Any:  # debug_error_string() and the like
+        if name.startswith("_"):  # never our own slots (unset while copying)
+            raise AttributeError(name)
         return getattr(self._call, name)
 
 
