@@ -35,6 +35,9 @@ UPLOAD = f"/{HOP}/Upload"
 # A cancel or deadline must reach the next hop well before a leaf that was
 # not told would give up by itself (WAIT, 10 s); on loopback it takes ms.
 PROMPT = 2.0
+# gRPC sends a timeout rounded up to its unit, and grpcio's threaded server
+# measures what is left on the wall clock: a hop may see a hair more.
+SLACK = 0.01
 
 
 class Hop:
@@ -418,12 +421,12 @@ def test_deadline_travels_and_expires_at_every_hop_at_once(chain: Chain) -> None
     edge_deadline, edge_left = chain.edge.deadlines["deadline"]
     leaf_deadline, leaf_left = chain.leaf.deadlines["deadline"]
     assert edge_deadline is not None and leaf_deadline is not None
-    assert edge_left is not None and 0.3 < edge_left <= 0.5
+    assert edge_left is not None and 0.3 < edge_left <= 0.5 + SLACK
     assert abs(edge_deadline - (sent + 0.5)) < 0.1
     # The same moment at the next hop (the interceptor forwarded what was
     # left; CLOCK_MONOTONIC is the same clock in every process).
     assert abs(leaf_deadline - edge_deadline) < 0.05, (leaf_deadline - edge_deadline)
-    assert leaf_left is not None and leaf_left <= edge_left + 0.01
+    assert leaf_left is not None and leaf_left <= edge_left + SLACK
     assert_every_hop_canceled_once(chain, "deadline")
     for hop in chain.hops:
         # Each hop's handler ended at about the deadline, not at WAIT.
@@ -446,7 +449,7 @@ def test_caller_timeout_shorter_than_the_deadline_is_kept() -> None:
         left = host.dispatch(host.accept_channel(), work, deadline=time.monotonic() + 5.0).result(WAIT)
         assert left is not None and left > 4.0
         deadline, remaining = leaf.deadlines["quick-short"]
-        assert remaining is not None and 0.2 < remaining <= 0.4
+        assert remaining is not None and 0.2 < remaining <= 0.4 + SLACK
     finally:
         host.close()
         leaf.close()
@@ -698,7 +701,7 @@ def test_fallback_without_the_internal_still_forwards_the_deadline(
     probe = leaf.probes("fallback")
     assert probe.settled() and probe.reasons == [FAULTED]
     deadline, remaining = leaf.deadlines["fallback"]
-    assert remaining is not None and remaining <= 0.3
+    assert remaining is not None and remaining <= 0.3 + SLACK
 
 
 def test_interceptor_shapes() -> None:
