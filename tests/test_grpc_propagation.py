@@ -570,6 +570,38 @@ def test_already_canceled_operation_starts_no_call(leaf: Hop, local_host: Servic
     assert leaf.host.stats["ops_begun"] == 0  # never sent
 
 
+def test_aio_already_canceled_operation_starts_no_call(leaf: Hop, local_host: ServiceHost) -> None:
+    op_channel = local_host.accept_channel()
+    ctx = op_channel.begin_operation()
+    op_channel.fault()
+
+    async def main() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with grpc.aio.insecure_channel(f"{HOST}:{leaf.port}",
+                                             interceptors=ccgrpc.aio_client_interceptor()) as channel:
+            cancelcore._operation._current.set(ctx)  # this task's copy only
+            for call in (lambda: channel.unary_unary(UNARY)(b"quick-no"),
+                         lambda: channel.stream_unary(UPLOAD)(iter([b"quick-no"]))):
+                try:
+                    await call()
+                except OperationCanceledError as exc:
+                    errors.append(exc)
+            try:
+                async for _ in channel.unary_stream(STREAM)(b"quick-no"):
+                    pass
+            except OperationCanceledError as exc:
+                errors.append(exc)
+        return errors
+
+    try:
+        errors = asyncio.run(main())
+    finally:
+        ctx.end()
+    assert len(errors) == 3 and all(e.reason == FAULTED for e in errors)  # type: ignore[attr-defined]
+    time.sleep(0.05)
+    assert leaf.host.stats["ops_begun"] == 0  # never sent
+
+
 def test_ended_operation_is_no_operation(leaf: Hop, local_host: ServiceHost) -> None:
     channel = grpc.intercept_channel(leaf.channel, ccgrpc.client_interceptor())
     op_channel = local_host.accept_channel()
