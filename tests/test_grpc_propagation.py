@@ -339,10 +339,22 @@ def cancel_after_leaf_entered(chain: Chain, call: Any, key: str) -> float:
 # ------------------------------------------------------ client leaves
 
 
-@pytest.mark.parametrize("key", ["call", "with-call", "future"])
-def test_edge_cancel_aborts_a_blocking_unary_call_downstream(chain: Chain, key: str) -> None:
-    if chain.edge.kind == "aio" and key != "call":
-        pytest.skip("with_call and future are the sync API")
+def test_edge_cancel_aborts_a_blocking_unary_call_downstream(chain: Chain) -> None:
+    cancel_unary_through(chain, "call")
+
+
+@pytest.mark.parametrize("key", ["with-call", "future"])
+@pytest.mark.parametrize("leaf_kind", ["sync", "aio"])
+def test_edge_cancel_aborts_with_call_and_future_downstream(leaf_kind: str, key: str) -> None:
+    """The sync API's other two ways to make a unary call."""
+    chain = Chain("sync", leaf_kind)
+    try:
+        cancel_unary_through(chain, key)
+    finally:
+        chain.close()
+
+
+def cancel_unary_through(chain: Chain, key: str) -> None:
     call = chain.edge.unary().future(key.encode())
     canceled_at = cancel_after_leaf_entered(chain, call, key)
     leaf = chain.leaf.probes(key)
@@ -378,6 +390,30 @@ def test_edge_cancel_aborts_a_blocking_stream_unary_call_downstream(chain: Chain
         assert_every_hop_canceled_once(chain, "upload")
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("edge_kind", ["sync", "aio"])
+def test_edge_stop_cancels_downstream_and_answers_unavailable(edge_kind: str) -> None:
+    """A stop of the edge aborts its host: its operation gets HOST_ABORT,
+    the call it made is cancelled, the leaf sees its client leave."""
+    chain = Chain(edge_kind, "sync")
+    try:
+        call = chain.edge.unary().future(b"stop")
+        assert chain.leaf.probes("stop").entered.wait(WAIT)
+        edge = chain.edge
+        if edge_kind == "sync":
+            edge.interceptor.stop(edge.server, 0)
+        else:
+            edge.run(edge.interceptor.stop(edge.server, 0), timeout=WAIT + 5)
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result(WAIT)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        probe = edge.probes("stop")
+        assert probe.settled() and probe.reasons == [CancelReason.HOST_ABORT] and len(probe.frees) == 1
+        leaf = chain.leaf.probes("stop")
+        assert leaf.settled() and leaf.reasons == [FAULTED] and len(leaf.frees) == 1
+    finally:
+        chain.close()
 
 
 def test_three_hops_mixed() -> None:
