@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -782,3 +787,118 @@ def test_interceptor_shapes() -> None:
     aio = ccgrpc.aio_client_interceptor()
     assert len(aio) == 4
     assert [sum(isinstance(i, kind) for i in aio) for kind in kinds] == [1, 1, 1, 1]
+
+
+# ------------------------------------------------ each hop in its own process
+
+
+class HopProcess:
+    """A ``Hop`` in a child process (this file run as a script); commands on
+    its stdin, answers (JSON) on its stdout."""
+
+    def __init__(self, kind: str, downstream: Optional[int] = None) -> None:
+        command = [sys.executable, os.path.abspath(__file__), kind, str(downstream or 0)]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.ask(None)
+        self.port = int(line)
+
+    def ask(self, command: Optional[str]) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT + 5)
+        assert ready, f"hop process did not answer {command!r}"
+        line = self.proc.stdout.readline()
+        assert line, f"hop process exited (status {self.proc.poll()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(WAIT + 5)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+
+def _serve_hop(kind: str, downstream: int) -> None:
+    """The child: runs a Hop until stdin closes.  ``entered KEY`` waits for
+    the handler to run; ``probe KEY`` waits for its free-state and gives
+    what it saw; ``stats`` gives the host's once nothing is in flight."""
+    hop = Hop(kind, downstream or None)
+    print(json.dumps(hop.port), flush=True)
+    for line in sys.stdin:
+        command, _, key = line.strip().partition(" ")
+        if command == "entered":
+            answer: Any = hop.probes(key).entered.wait(WAIT)
+        elif command == "probe":
+            probe = hop.probes(key)
+            probe.settled(WAIT)
+            deadline, remaining = hop.deadlines.get(key, (None, None))
+            answer = {"reasons": [int(r) for r in probe.reasons], "frees": len(probe.frees),
+                      "deadline": deadline, "remaining": remaining, "ended": hop.ended.get(key)}
+        else:
+            wait_until(lambda: hop.host.stats["ops_in_flight"] == 0)
+            answer = hop.host.stats
+        print(json.dumps(answer), flush=True)
+    hop.close()
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[list[HopProcess]]:
+    """edge (threaded server) -> middle (asyncio server) -> leaf (threaded),
+    each in its own process."""
+    hops: list[HopProcess] = []
+    try:
+        downstream: Optional[int] = None
+        for kind in ("sync", "aio", "sync"):
+            hops.insert(0, HopProcess(kind, downstream))
+            downstream = hops[0].port
+        yield hops
+    finally:
+        for hop in hops:
+            hop.close()
+
+
+def test_processes_client_cancel_reaches_every_hop_once(processes: list[HopProcess]) -> None:
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        call = channel.unary_unary(UNARY).future(b"p-cancel")
+        assert processes[-1].ask("entered p-cancel")
+        call.cancel()
+        for hop in processes:
+            probe = hop.ask("probe p-cancel")
+            assert probe["reasons"] == [int(FAULTED)] and probe["frees"] == 1
+
+
+def test_processes_deadline_expires_at_every_hop_at_once(processes: list[HopProcess]) -> None:
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        sent = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(UNARY)(b"p-deadline", timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    seen = [hop.ask("probe p-deadline") for hop in processes]
+    edge = seen[0]["deadline"]
+    assert abs(edge - (sent + 0.5)) < 0.1  # CLOCK_MONOTONIC: one clock for every process
+    for hop in seen:
+        assert hop["reasons"] == [int(FAULTED)] and hop["frees"] == 1
+        assert abs(hop["deadline"] - edge) < 0.05, hop["deadline"] - edge
+        assert edge - 0.05 < hop["ended"] < edge + PROMPT
+
+
+def test_processes_completion_cancels_nothing(processes: list[HopProcess]) -> None:
+    before = [hop.ask("stats") for hop in processes]
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        assert channel.unary_unary(UNARY)(b"quick-p", timeout=WAIT) == b"quick-p"
+    for hop, old in zip(processes, before):
+        probe = hop.ask("probe quick-p")
+        assert probe["reasons"] == [] and probe["frees"] == 1 and probe["deadline"] is not None
+        new = hop.ask("stats")
+        assert {name: new[name] - old[name] for name in
+                ("ops_begun", "ops_ended", "free_states_run", "ops_canceled", "deadlines_expired")} == \
+            {"ops_begun": 1, "ops_ended": 1, "free_states_run": 1, "ops_canceled": 0, "deadlines_expired": 0}
+
+
+if __name__ == "__main__":
+    _serve_hop(sys.argv[1], int(sys.argv[2]))
