@@ -82,15 +82,6 @@ def cancel(channel: Channel, ctx: Optional[OperationContext]) -> None:
         channel._cancel_operation(ctx)
 
 
-def fault(channel: Channel) -> None:
-    """Faults ``channel`` (G9); nothing if it was closed or its host closed
-    meanwhile -- then its operation has ended or been aborted already."""
-    try:
-        channel.fault()
-    except CancelCoreError:
-        pass
-
-
 def end(ctx: OperationContext) -> None:
     """Ends the call's operation (its completion: free-state runs).  A
     handler that ended it itself already completed it."""
