@@ -163,6 +163,7 @@ def in_process(n: int, reps: int) -> float:
 
     class Request:
         transport = Transport()
+        headers: dict[str, str] = {}  # no cancelcore-deadline-ms: no deadline
 
     response = web.Response(text="ok")
 
