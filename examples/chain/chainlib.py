@@ -59,6 +59,10 @@ MIXED = (HopSpec("edge", "http", "async"), HopSpec("A", "http", "sync"),
 # -[gRPC aio]-> C (grpc.server, sync servicer, the last hop).
 AIO = (HopSpec("edge", "http", "async"), HopSpec("A", "grpc-aio", "async"),
        HopSpec("B", "http", "async"), HopSpec("C", "grpc", "sync"))
+# Every leg HTTP: edge (async) -> A (sync) -[HTTPTransport]-> B (sync)
+# -[HTTPTransport]-> C (async).
+HTTP = (HopSpec("edge", "http", "async"), HopSpec("A", "http", "sync"),
+        HopSpec("B", "http", "sync"), HopSpec("C", "http", "async"))
 
 
 def leg_name(caller: HopSpec, callee: HopSpec) -> str:
