@@ -41,6 +41,7 @@ class HopSpec:
     name: str
     serve: str  # http | grpc | grpc-aio
     handler: str  # async | sync
+    plain: bool = False  # calls the next hop through the plain clients (a baseline)
 
     @property
     def scheme(self) -> str:
@@ -63,11 +64,18 @@ AIO = (HopSpec("edge", "http", "async"), HopSpec("A", "grpc-aio", "async"),
 # -[HTTPTransport]-> C (async).
 HTTP = (HopSpec("edge", "http", "async"), HopSpec("A", "http", "sync"),
         HopSpec("B", "http", "sync"), HopSpec("C", "http", "async"))
+# The baseline: every hop async, every leg plain httpx (no cancelcore
+# transport): only the cancelled task's closing of its connection carries
+# the cancel down.
+PLAIN_ASYNC = tuple(HopSpec(name, "http", "async", plain=True) for name in ("edge", "A", "B", "C"))
 
 
 def leg_name(caller: HopSpec, callee: HopSpec) -> str:
     """What carries a call from ``caller`` to ``callee``."""
-    if callee.scheme == "http":
+    if caller.plain:
+        client = "plain httpx " if callee.scheme == "http" else "plain gRPC "
+        client += "(task cancelled)" if caller.handler == "async" else "(blocking)"
+    elif callee.scheme == "http":
         client = "httpx " + ("AsyncHTTPTransport" if caller.handler == "async" else "HTTPTransport")
     else:
         client = "gRPC " + ("aio_client_interceptor" if caller.handler == "async" else "client_interceptor")
@@ -82,7 +90,7 @@ class Hop:
         self.port = 0
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, HOP, spec.name, spec.serve, spec.handler, next_url],
+            [sys.executable, HOP, spec.name, spec.serve, spec.handler, next_url] + (["plain"] if spec.plain else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -225,12 +233,12 @@ class Chain:
         """Waits until every hop has reported ``ev`` for ``key``."""
         return bool(self.wait(lambda: all(self._find(n, ev, key) for n in self.names), timeout))
 
-    def settled(self, key: str, timeout: float = WAIT) -> bool:
-        """Waits until every hop has freed request ``key``'s state, then a
-        little longer, so that a late duplicate (a second cancel or free)
-        would be seen too."""
+    def settled(self, key: str, timeout: float = WAIT, linger: float = 0.2) -> bool:
+        """Waits until every hop has freed request ``key``'s state, then
+        ``linger`` seconds longer, so that a late duplicate (a second cancel
+        or free) would be seen too."""
         ok = self.wait_all(key, "free", timeout)
-        time.sleep(0.2)
+        time.sleep(linger)
         return ok
 
     def stats(self, timeout: float = WAIT) -> dict[str, dict[str, int]]:
@@ -266,16 +274,20 @@ class Chain:
                                   headers=headers)
             return response.status_code, response.text
 
-    def leave(self, key: str, t: float = 30.0, rst: bool = False) -> float:
-        """Sends a request, waits until the last hop has begun it, then
-        closes the connection (FIN, or RST with ``rst``); returns the
-        ``time.monotonic()`` just before the close."""
+    def leave(self, key: str, t: float = 30.0, rst: bool = False, after: float = 0.02) -> float:
+        """Sends a request, waits until the last hop has begun it and then
+        ``after`` seconds more (the request in its steady state: a server
+        starts watching a quiet connection for a disconnect only once its
+        handler has run on a little), then closes the connection (FIN, or
+        RST with ``rst``); returns the ``time.monotonic()`` just before the
+        close."""
         sock = socket.create_connection((HOST, self.edge.port), timeout=WAIT)
         try:
             sock.sendall(f"GET /work?key={key}&t={t} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
             last = self.names[-1]
             if not self.wait(lambda: self._find(last, "begin", key), WAIT):
                 raise RuntimeError(f"request {key} did not reach {last}")
+            time.sleep(after)
             if rst:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             t_close = time.monotonic()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hop.py: one service of the cancellation chain, in a process of its own.
 
-    python hop.py NAME SERVE HANDLER NEXT
+    python hop.py NAME SERVE HANDLER NEXT [plain]
 
 - ``NAME``: the hop's name in its reports.
 - ``SERVE``: how it is served on 127.0.0.1 (a free port):
@@ -18,6 +18,9 @@
   ``HTTPTransport``, ``cancelcore.grpc.aio_client_interceptor()`` /
   ``client_interceptor()``); or ``-``: the last hop, whose work is to wait
   ``t`` seconds (or until it is canceled).
+- ``plain`` (benchmarks only): call the next hop through the plain clients
+  (``httpx.AsyncHTTPTransport``, no gRPC interceptor): the baseline, in
+  which only a cancelled task closes its connection.
 
 Every request's handler registers a cancel callback and a free-state
 callback on its operation (``cancelcore.current_operation()``), and the
@@ -123,11 +126,12 @@ class Downstream:
     Clients are made once (connections are reused); the asyncio ones on the
     loop that first uses them."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, plain: bool = False) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "grpc") or parts.hostname != HOST or parts.port is None:
             raise ValueError(f"NEXT must be http://{HOST}:PORT or grpc://{HOST}:PORT, not {url!r}")
         self.scheme = parts.scheme
+        self.plain = plain
         self.address = f"{HOST}:{parts.port}"
         self._sync: Any = None
         self._async: Any = None
@@ -154,11 +158,13 @@ class Downstream:
 
             import cancelcore.httpx as cc_httpx
             return httpx.Client(base_url=f"http://{self.address}", timeout=CALL_TIMEOUT,
-                                transport=cc_httpx.HTTPTransport())
+                                transport=httpx.HTTPTransport() if self.plain else cc_httpx.HTTPTransport())
         import grpc
 
         import cancelcore.grpc as cc_grpc
-        channel = grpc.intercept_channel(grpc.insecure_channel(self.address), cc_grpc.client_interceptor())
+        channel = grpc.insecure_channel(self.address)
+        if not self.plain:
+            channel = grpc.intercept_channel(channel, cc_grpc.client_interceptor())
         return channel.unary_unary(GRPC_METHOD)
 
     async def acall(self, key: str, t: float) -> str:
@@ -176,15 +182,16 @@ class Downstream:
             import httpx
 
             import cancelcore.httpx as cc_httpx
+            transport = httpx.AsyncHTTPTransport() if self.plain else cc_httpx.AsyncHTTPTransport()
             return httpx.AsyncClient(base_url=f"http://{self.address}", timeout=CALL_TIMEOUT,
-                                     transport=cc_httpx.AsyncHTTPTransport())
+                                     transport=transport)
         import grpc.aio
 
         import cancelcore.grpc as cc_grpc
-        interceptors = cc_grpc.aio_client_interceptor()
+        interceptors = [] if self.plain else cc_grpc.aio_client_interceptor()
         if not isinstance(interceptors, (list, tuple)):
             interceptors = [interceptors]
-        channel = grpc.aio.insecure_channel(self.address, interceptors=list(interceptors))
+        channel = grpc.aio.insecure_channel(self.address, interceptors=list(interceptors) or None)
         return channel.unary_unary(GRPC_METHOD)
 
 
@@ -379,12 +386,13 @@ def _control(stopping: threading.Event, stats: Callable[[], Any], stop: Callable
 
 def main(argv: list[str]) -> int:
     global NAME, HANDLER, NEXT
-    if len(argv) != 4 or argv[1] not in ("http", "grpc", "grpc-aio") or argv[2] not in ("async", "sync"):
+    if (len(argv) not in (4, 5) or argv[1] not in ("http", "grpc", "grpc-aio") or argv[2] not in ("async", "sync")
+            or argv[4:] not in ([], ["plain"])):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     NAME, serve, HANDLER = argv[0], argv[1], argv[2]
     try:
-        NEXT = None if argv[3] == "-" else Downstream(argv[3])
+        NEXT = None if argv[3] == "-" else Downstream(argv[3], plain=argv[4:] == ["plain"])
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
