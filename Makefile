@@ -110,12 +110,18 @@ demo: venv
 	$(VENV)/bin/python examples/service_demo.py
 	$(VENV)/bin/python examples/server_demo.py
 	$(VENV)/bin/python examples/grpc_demo.py
+	$(VENV)/bin/python examples/chain_demo.py
 
 # overhead of the gRPC interceptors and of the aiohttp adapter
 .PHONY: bench-rpc
 bench-rpc: venv
 	$(VENV)/bin/python bench/bench_grpc.py
 	$(VENV)/bin/python bench/bench_aiohttp.py
+
+# cancel propagation down multi-process chains of services (issue 10)
+.PHONY: bench-chain
+bench-chain: venv
+	$(VENV)/bin/python bench/bench_chain.py
 
 demo-c:
 	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF

@@ -151,6 +151,8 @@ class Chain:
         self.hops: list[Hop] = []
         self._events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
+        # Called with each event as it arrives (on a reader thread).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -194,6 +196,11 @@ class Chain:
         with self._cond:
             self._events.append(event)
             self._cond.notify_all()
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception as exc:  # a reader thread must live on: the events are the results
+                print(f"chainlib: a listener failed on {event}: {exc!r}", file=sys.stderr)
 
     def _find(self, hop: str, ev: str, key: Optional[str] = None) -> Optional[dict[str, Any]]:
         for event in self._events:
