@@ -75,7 +75,7 @@ class Printer:
 
     def event(self, event: dict[str, Any]) -> None:
         if self.key is not None and event.get("key") == self.key and event["ev"] != "end":
-            self.say(event["hop"], chainlib._describe(event), event["t"])
+            self.say(event["hop"], chainlib.describe(event), event["t"])
 
 
 def counts(chain: Chain, key: str, ev: str) -> set[int]:

@@ -308,10 +308,10 @@ class Chain:
         rows = [(hop, e, e["t"]) for hop, evs in self.events(key).items() for e in evs]
         rows.sort(key=lambda row: row[2])
         origin = since if since is not None else (rows[0][2] if rows else 0.0)
-        return [(hop, _describe(e), (t - origin) * 1000.0) for hop, e, t in rows]
+        return [(hop, describe(e), (t - origin) * 1000.0) for hop, e, t in rows]
 
 
-def _describe(event: dict[str, Any]) -> str:
+def describe(event: dict[str, Any]) -> str:
     ev = event["ev"]
     if ev == "cancel":
         return f"cancel callback ({event['reason']}, on thread {event['thread']})"
@@ -322,4 +322,4 @@ def _describe(event: dict[str, Any]) -> str:
         return "free-state"
     if ev == "end":
         return f"handler ended: {event['outcome']}"
-    return ev
+    return str(ev)
