@@ -1,9 +1,11 @@
 """Pieces the gRPC and aiohttp adapters share: argument checks, the host an
-adapter runs on, and a fault that tolerates a channel already gone."""
+adapter runs on, a fault that tolerates a channel already gone, and the
+``cancelcore-deadline-ms`` header every HTTP adapter reads."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Optional
 
 from ._enums import CancelReason
@@ -60,3 +62,62 @@ def reason(ctx: OperationContext) -> Optional[CancelReason]:
         return ctx.cancel_reason
     except InvalidOperationError:
         return None
+
+
+# ------------------------------------------------------- the deadline header
+
+#: The request header carrying a caller's deadline: the milliseconds it has
+#: left, a non-negative integer in ASCII digits (DESIGN 4.4).
+DEADLINE_HEADER = "cancelcore-deadline-ms"
+
+# More digits than this is not a deadline anyone means (10 digits is ~115
+# days) and would only cost a big-integer parse: such a header is ignored.
+_MAX_DEADLINE_DIGITS = 10
+_MAX_DEADLINE_MS = 9_999_999_999
+
+
+def deadline_ms(value: "str | bytes | bytearray | None") -> Optional[int]:
+    """The milliseconds a ``cancelcore-deadline-ms`` header value holds, or
+    None when it is absent (``None``) or malformed: anything but 1 to 10
+    ASCII digits (surrounding spaces and tabs aside) -- a sign, an exponent,
+    a fraction, an empty value, non-ASCII digits, a huge number.  A
+    malformed header never fails the request: it only carries no deadline.
+    TypeError for a value that is not a header value at all."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            raw = value.encode("ascii")
+        except UnicodeEncodeError:  # e.g. Arabic-Indic digits, which str.isdigit() accepts
+            return None
+    elif isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    else:
+        raise TypeError(f"a header value is str or bytes, not {type(value).__name__}")
+    raw = raw.strip(b" \t")
+    # bytes.isdigit() is true for ASCII digits only.
+    if not raw or len(raw) > _MAX_DEADLINE_DIGITS or not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def deadline_from_header(value: "str | bytes | bytearray | None",
+                         now: Optional[float] = None) -> Optional[float]:
+    """The deadline (a ``time.monotonic()`` value) a request's
+    ``cancelcore-deadline-ms`` header gives: ``now`` (default: the current
+    ``time.monotonic()``) plus its milliseconds; None when the header is
+    absent or malformed (see ``deadline_ms``)."""
+    ms = deadline_ms(value)
+    if ms is None:
+        return None
+    return (time.monotonic() if now is None else now) + ms / 1000.0
+
+
+def header_ms(deadline: float, now: Optional[float] = None) -> int:
+    """What a client sends in ``cancelcore-deadline-ms`` for ``deadline``:
+    the whole milliseconds left, rounded down (never promise the next hop
+    more time than there is), 0 once past, capped to what a server accepts."""
+    left = deadline - (time.monotonic() if now is None else now)
+    if not left > 0.0:
+        return 0
+    return min(int(left * 1000.0), _MAX_DEADLINE_MS)

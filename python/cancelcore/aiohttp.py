@@ -35,7 +35,7 @@ from aiohttp import web
 
 from . import _adapters
 from ._dispatch import call_soon
-from ._enums import CancelReason, HostState
+from ._enums import HostState
 from ._errors import CancelCoreError
 from ._host import Channel, ServiceHost
 from ._operation import OperationContext, _current
@@ -125,7 +125,9 @@ class _Adapter:
         except CancelCoreError:
             return _unavailable()
         try:
-            ctx = channel.begin_operation()
+            # The caller's deadline (DESIGN 4.4); a malformed one is ignored.
+            ctx = channel.begin_operation(deadline=_adapters.deadline_from_header(
+                request.headers.get(_adapters.DEADLINE_HEADER)))
         except CancelCoreError:
             channel.close()
             return _unavailable()
@@ -158,7 +160,10 @@ class _Adapter:
                 if _gone(request):
                     rq.gone()
                 raise
-            if _adapters.reason(ctx) is CancelReason.HOST_ABORT and not _gone(request) \
+            # Cut while its client still waits (shutdown, or its deadline:
+            # CHANNEL_FAULTED with the client there): it gets a 503, as
+            # under the ASGI middleware, rather than a dropped connection.
+            if _adapters.reason(ctx) is not None and not _gone(request) \
                     and not _answered(request):
                 _uncancel(task)
                 rq.cancel_sent = False

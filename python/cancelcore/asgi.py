@@ -45,12 +45,15 @@ import weakref
 from collections import deque
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
+from . import _adapters
 from ._dispatch import call_soon
 from ._enums import CancelReason, HostState
 from ._errors import CancelCoreError
 from ._host import ServiceHost
 from ._offload import offload
 from ._operation import OperationContext, _current
+
+_DEADLINE_HEADER = _adapters.DEADLINE_HEADER.encode("ascii")
 
 __all__ = ["CancellationMiddleware", "serve", "offload", "uvicorn_server"]
 
@@ -400,13 +403,21 @@ class CancellationMiddleware:
             self._last_watcher = watcher
         return watcher
 
-    def _begin(self) -> Optional[tuple[Any, OperationContext]]:
+    def _begin(self, scope: Scope) -> Optional[tuple[Any, OperationContext]]:
         try:
             channel = self.host.accept_channel()
         except CancelCoreError:
             return None
+        # The caller's deadline (cancelcore-deadline-ms; DESIGN 4.4): a
+        # malformed one is ignored, never an error.  ASGI header names are
+        # lower-case bytes.
+        deadline: Optional[float] = None
+        for name, value in scope.get("headers", ()):
+            if name == _DEADLINE_HEADER:
+                deadline = _adapters.deadline_from_header(value)
+                break
         try:
-            return channel, channel.begin_operation()
+            return channel, channel.begin_operation(deadline=deadline)
         except CancelCoreError:
             channel.close()
             return None
@@ -415,7 +426,7 @@ class CancellationMiddleware:
 
     async def _asyncio(self, scope: Scope, receive: Receive, send: Send,
                        loop: asyncio.AbstractEventLoop, websocket: bool) -> None:
-        begun = self._begin()
+        begun = self._begin(scope)
         if begun is None:
             await _unavailable(send, websocket, accepted=False)
             return
@@ -506,7 +517,7 @@ class CancellationMiddleware:
     async def _trio(self, scope: Scope, receive: Receive, send: Send, websocket: bool) -> None:
         import trio
 
-        begun = self._begin()
+        begun = self._begin(scope)
         if begun is None:
             await _unavailable(send, websocket, accepted=False)
             return
