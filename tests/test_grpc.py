@@ -54,9 +54,10 @@ def assert_canceled_once(srv: GrpcServer, probe: Any, reason: CancelReason) -> N
     assert not probe.cancel_after_free
     assert probe.saw_current and probe.second_registration_refused
     if srv.kind == "sync":
-        # Never on gRPC's poller thread: the interceptor's fault thread, or
-        # the handler's own when it saw the cancel first.
-        assert probe.cancels[0][1] in ("cancelcore-grpc-faults", probe.handler_thread)
+        # Never on gRPC's poller thread: the interceptor's fault thread, the
+        # handler's own when it saw the cancel first, or (the RPC's deadline
+        # is its operation's too) the host's deadline timer.
+        assert probe.cancels[0][1] in ("cancelcore-grpc-faults", probe.handler_thread, "cancelcore-deadlines")
 
 
 # --------------------------------------------------------------- completion

@@ -45,17 +45,19 @@ import grpc.aio
 from . import _adapters
 from ._dispatch import call_soon
 from ._enums import CancelReason, HostState
-from ._errors import CancelCoreError
+from ._errors import CancelCoreError, OperationCanceledError
 from ._host import Channel, ServiceHost
 from ._operation import OperationContext, _current
 
-__all__ = ["AioCancellationInterceptor", "CancellationInterceptor"]
+__all__ = ["AioCancellationInterceptor", "CancellationInterceptor", "ClientInterceptor", "aio_client_interceptor",
+           "client_interceptor"]
 
 T = TypeVar("T")
 
 _SHUTDOWN_DETAILS = "cancelcore: the service is shutting down"
 _CLOSED_DETAILS = "cancelcore: the service is not accepting calls"
 _CANCELED_DETAILS = "cancelcore: the call was canceled"
+_DEADLINE_DETAILS = "Deadline Exceeded"  # as gRPC words its own
 # After the host has closed every operation has ended; gRPC gets this long
 # to send the answers of the RPCs that are still being written out.
 _FLUSH_GRACE = 1.0
@@ -66,6 +68,8 @@ _HOST_ABORT = CancelReason.HOST_ABORT
 _FAULTED = CancelReason.CHANNEL_FAULTED
 _reason = _adapters.reason
 _AIO_WORKERS = 32  # threads for sync handlers on the asyncio server
+# More seconds left than this (about 31 years) is no deadline at all.
+_NO_DEADLINE = 1e9
 
 
 def _grace(value: Any) -> float:
@@ -123,6 +127,17 @@ def _behavior(handler: Any) -> Optional[Callable[..., Any]]:
     return handler.unary_stream if handler.response_streaming else handler.unary_unary  # type: ignore[no-any-return]
 
 
+def _rpc_deadline(context: Any) -> Optional[float]:
+    """The RPC's own deadline (the one its client set, which gRPC enforces
+    too) as a ``time.monotonic()`` value, or None without one.  grpcio's
+    threaded server reports "no deadline" as some 9.2e18 seconds left, the
+    asyncio server as None."""
+    remaining = context.time_remaining()
+    if remaining is None or not remaining < _NO_DEADLINE:  # NaN too
+        return None
+    return time.monotonic() + max(float(remaining), 0.0)
+
+
 def _call_with(ctx: OperationContext, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` with ``current_operation()`` set to ``ctx``."""
     token = _current.set(ctx)
@@ -172,12 +187,14 @@ class _FaultWorker:
 class _SyncRpc:
     """One RPC on the threaded server."""
 
-    __slots__ = ("channel", "ctx", "worker", "finished", "closed", "lock", "reason")
+    __slots__ = ("channel", "ctx", "worker", "deadline", "finished", "closed", "lock", "reason")
 
-    def __init__(self, channel: Channel, ctx: OperationContext, worker: _FaultWorker) -> None:
+    def __init__(self, channel: Channel, ctx: OperationContext, worker: _FaultWorker,
+                 deadline: Optional[float]) -> None:
         self.channel = channel
         self.ctx = ctx
         self.worker = worker
+        self.deadline = deadline  # the RPC's, as a time.monotonic() value
         self.finished = False
         self.closed = False
         self.reason: Optional[CancelReason] = None  # read as it ends
@@ -283,13 +300,14 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         except CancelCoreError:
             context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
             raise  # not reached: abort raises
+        deadline = _rpc_deadline(context)
         try:
-            ctx = channel.begin_operation()
+            ctx = channel.begin_operation(deadline=deadline)
         except CancelCoreError:
             channel.close()
             context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
             raise
-        rpc = _SyncRpc(channel, ctx, self._worker)
+        rpc = _SyncRpc(channel, ctx, self._worker, deadline)
         if not context.add_callback(rpc.terminated):
             # gRPC refuses callbacks once the RPC has terminated: it was
             # canceled before the handler even started.
@@ -379,6 +397,11 @@ def _answer(rpc: _SyncRpc, context: Any, error: Optional[BaseException], cut: bo
         context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
     if error is not None:
         if reason is _FAULTED and isinstance(error, Exception):
+            # The host's deadline timer may fault the channel a moment
+            # before gRPC's own timer ends the call: past the deadline the
+            # answer is the one gRPC would have given.
+            if rpc.deadline is not None and time.monotonic() >= rpc.deadline:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _DEADLINE_DETAILS)
             context.abort(grpc.StatusCode.CANCELLED, _CANCELED_DETAILS)
         raise error
 
@@ -446,6 +469,12 @@ class _AioRpc:
         if not self.finished:
             self.gone = True
             _adapters.fault(self.channel)
+
+    def unanswered(self) -> bool:
+        """Nobody waits for this RPC's answer: gRPC has terminated it, or
+        its deadline (the client's, which gRPC enforces at that same moment)
+        faulted it -- nothing else faults an adapter's channel."""
+        return self.gone or _reason(self.ctx) is _FAULTED
 
     def guard(self, coro: Any) -> _Guard:
         return _Guard(self, coro)
@@ -682,7 +711,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
             raise  # not reached: abort raises
         try:
-            ctx = channel.begin_operation()
+            ctx = channel.begin_operation(deadline=_rpc_deadline(context))
         except CancelCoreError:
             channel.close()
             await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
@@ -701,7 +730,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             try:
                 response = await rpc.guard(behavior(request, context))
             except BaseException as exc:
-                if rpc.gone:
+                if rpc.unanswered():
                     _quiet(exc)
                 if _reason(ctx) is not _HOST_ABORT:
                     raise
@@ -722,7 +751,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             try:
                 response = await rpc.run_sync(self._workers(), behavior, argument, context)
             except BaseException as exc:
-                if rpc.gone:
+                if rpc.unanswered():
                     _quiet(exc)
                 if _reason(ctx) is not _HOST_ABORT:
                     raise
@@ -752,7 +781,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                     except StopAsyncIteration:
                         break
                     except BaseException as exc:
-                        if rpc.gone:
+                        if rpc.unanswered():
                             _quiet(exc)
                         if _reason(ctx) is not _HOST_ABORT:
                             raise
@@ -796,7 +825,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except BaseException as exc:
-                    if rpc.gone:
+                    if rpc.unanswered():
                         _quiet(exc)
                     if _reason(ctx) is not _HOST_ABORT:
                         raise
@@ -834,3 +863,359 @@ async def _cut(context: Any) -> None:
     """Answers an RPC cut by the host's abort: grpc.aio would send no status
     for a cancelled handler, leaving a client without a deadline waiting."""
     await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTDOWN_DETAILS)
+
+
+# ================================================================ clients
+#
+# An outgoing call made inside an operation is tied to it: it carries what
+# is left of the operation's deadline, it is not started for an operation
+# already canceled, and it is cancelled (RST_STREAM, status CANCELLED at the
+# server) the moment the operation is canceled, from whichever thread that
+# happens on.  Outside an operation the interceptors only pass the call on.
+
+
+_NO_OPERATION = (None, None)
+
+
+def _operation() -> tuple[Optional[OperationContext], Optional[float]]:
+    """The operation an outgoing call belongs to, and the seconds left of
+    its deadline (None: no deadline).  No operation outside one, nor for one
+    that has ended: a thread or task that outlived its operation has nothing
+    left to propagate."""
+    ctx = _current.get()
+    if ctx is None:
+        return _NO_OPERATION
+    try:
+        return ctx, ctx.time_remaining()
+    except CancelCoreError:  # ended: InvalidOperationError
+        return _NO_OPERATION
+
+
+def _timeout(timeout: Optional[float], remaining: Optional[float]) -> Optional[float]:
+    """What the call may take: the caller's timeout, cut to what is left of
+    the operation's deadline (gRPC sends it on: the server's own deadline)."""
+    if remaining is None:
+        return timeout
+    if timeout is None or remaining < timeout:
+        return remaining
+    return timeout
+
+
+def _refuse(ctx: OperationContext) -> NoReturn:
+    reason = ctx.cancel_reason
+    raise OperationCanceledError(reason if reason is not None else _FAULTED,
+                                 "the operation was canceled: the call was not started")
+
+
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    """The call's details with the timeout replaced."""
+
+    __slots__ = ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+
+    def __init__(self, details: Any, timeout: Optional[float]) -> None:
+        self.method = details.method
+        self.timeout = timeout
+        self.metadata = details.metadata
+        self.credentials = getattr(details, "credentials", None)
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _Link:
+    """The one outgoing call an operation's hook cancels.  It lets go of
+    the call once the call is done, so an operation making many calls keeps
+    a small object per call, not the calls and their responses."""
+
+    __slots__ = ("call", "cut", "loop")
+
+    def __init__(self, call: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        self.call: Any = call
+        self.cut = False  # the operation's cancel reached the call
+        self.loop = loop
+
+    def __call__(self) -> None:
+        """The operation's hook (any thread, may run twice)."""
+        call = self.call
+        if call is None:
+            return
+        self.cut = True  # before the cancel: a waiter it wakes reads this
+        if self.loop is None:
+            call.cancel()
+        else:  # an asyncio call is cancelled on its own loop
+            call_soon(self.loop, call.cancel)
+
+    def done(self, _call: Any = None) -> None:
+        self.call = None
+
+
+def _link(ctx: OperationContext, call: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> _Link:
+    link = _Link(call, loop)
+    add_done = getattr(call, "add_done_callback", None)
+    if add_done is not None:
+        add_done(link.done)  # at once for a call already done
+    ctx._add_hook(link)  # runs at once if the operation was canceled meanwhile
+    return link
+
+
+def _future_starter(continuation: Callable[..., Any]) -> Optional[Callable[[Any, Any], Any]]:
+    """The non-blocking way to start the call ``continuation`` would make.
+
+    Why a grpcio internal: for a blocking call (``stub.Method(request)``,
+    ``.with_call``) grpcio's continuation makes the whole RPC before it
+    returns, so an interceptor gets no handle it could cancel while the
+    calling thread is blocked.  The continuation is a closure over its
+    multi-callable (``self``), whose ``_thunk(method)`` is the next channel's
+    multi-callable for the method (the next interceptor's, or the channel's
+    own); its ``.future()`` starts the same call, through the rest of the
+    chain, and returns a call that ``cancel()`` ends from any thread, which
+    also wakes the thread blocked in its ``result()``.  Checked on grpcio
+    1.85 (tests/test_grpc_propagation.py fails if it changes); when the
+    closure is not what is expected this returns None and the caller falls
+    back to the plain continuation, bounded by the deadline it forwards."""
+    code = getattr(continuation, "__code__", None)
+    closure = getattr(continuation, "__closure__", None)
+    if code is None or not closure:
+        return None
+    try:
+        owner = dict(zip(code.co_freevars, closure))["self"].cell_contents
+    except (KeyError, ValueError):  # no such variable, or an empty cell
+        return None
+    thunk = getattr(owner, "_thunk", None)
+    if not callable(thunk) or not isinstance(owner, (grpc.UnaryUnaryMultiCallable,
+                                                     grpc.StreamUnaryMultiCallable)):
+        return None
+
+    def start(details: Any, request: Any) -> Any:
+        return thunk(details.method).future(
+            request, timeout=details.timeout, metadata=details.metadata,
+            credentials=details.credentials, wait_for_ready=details.wait_for_ready,
+            compression=details.compression)
+
+    return start
+
+
+def _cancellation(call: Any, link: _Link) -> bool:
+    """Whether ``call`` ended because the operation cancelled it."""
+    if not link.cut:
+        return False
+    try:
+        return bool(call.cancelled()) or call.code() is grpc.StatusCode.CANCELLED
+    except Exception:  # not a full call: the cut is what we know
+        return True
+
+
+class _Call(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """An outgoing call of an operation, as grpcio's own: a call, a future
+    and (streamed responses) an iterator.  Reading the result of a call the
+    operation's cancel cut -- ``result()``, ``exception()``, the blocking
+    call, iterating -- raises ``OperationCanceledError`` with the
+    operation's reason, where grpcio would raise ``FutureCancelledError``
+    or a ``CANCELLED`` RpcError "Locally cancelled by application"."""
+
+    __slots__ = ("_call", "_ctx", "_link")
+
+    def __init__(self, call: Any, ctx: OperationContext, link: _Link) -> None:
+        self._call = call
+        self._ctx = ctx
+        self._link = link
+
+    def _canceled(self, exc: BaseException) -> NoReturn:
+        if _cancellation(self._call, self._link):
+            reason = self._ctx.cancel_reason
+            raise OperationCanceledError(reason if reason is not None else _FAULTED,
+                                         "the operation was canceled: the call was cancelled") from exc
+        raise exc
+
+    # grpc.Future
+    def result(self, timeout: Optional[float] = None) -> Any:
+        try:
+            return self._call.result(timeout)
+        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+            self._canceled(exc)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        try:
+            error: Optional[BaseException] = self._call.exception(timeout)
+        except grpc.FutureCancelledError as exc:
+            self._canceled(exc)
+        return error
+
+    def traceback(self, timeout: Optional[float] = None) -> Any:
+        return self._call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        self._call.add_done_callback(lambda _call: fn(self))
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        return bool(self._call.running())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    # grpc.Call / grpc.RpcContext
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def code(self) -> Any:
+        return self._call.code()
+
+    def details(self) -> Any:
+        return self._call.details()
+
+    def is_active(self) -> bool:
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> Optional[float]:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], object]) -> bool:
+        return bool(self._call.add_callback(callback))
+
+    # streamed responses
+    def __iter__(self) -> _Call:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            self._canceled(exc)
+
+    def __getattr__(self, name: str) -> Any:  # debug_error_string() and the like
+        return getattr(self._call, name)
+
+
+def _intercept(continuation: Callable[..., Any], details: Any, request: Any, blocking: bool) -> Any:
+    ctx, remaining = _operation()
+    if ctx is None:
+        return continuation(details, request)
+    if ctx.canceled:
+        _refuse(ctx)
+    details = _Details(details, _timeout(details.timeout, remaining))
+    start = _future_starter(continuation) if blocking else None
+    # Without a starter a blocking call returns once it is over (the
+    # fallback: bounded by the deadline it forwards); ``.future()`` and
+    # streaming calls return at once, and are linked either way.
+    call = continuation(details, request) if start is None else start(details, request)
+    if not callable(getattr(call, "cancel", None)):  # another interceptor's answer, not a call
+        return call
+    return _Call(call, ctx, _link(ctx, call))
+
+
+_SYNC_KINDS: tuple[Any, ...] = (grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor)
+
+
+class ClientInterceptor(*_SYNC_KINDS):  # type: ignore[misc]
+    """The four kinds of client interceptor in one, for
+    ``grpc.intercept_channel``: see ``client_interceptor()``."""
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any,
+                              request: Any) -> Any:
+        return _intercept(continuation, client_call_details, request, True)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], client_call_details: Any,
+                               request: Any) -> Any:
+        return _intercept(continuation, client_call_details, request, False)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], client_call_details: Any,
+                               request_iterator: Any) -> Any:
+        return _intercept(continuation, client_call_details, request_iterator, True)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], client_call_details: Any,
+                                request_iterator: Any) -> Any:
+        return _intercept(continuation, client_call_details, request_iterator, False)
+
+
+def client_interceptor() -> ClientInterceptor:
+    """Ties the calls of a ``grpc`` channel to the operation that makes them:
+    ``grpc.intercept_channel(channel, cancelcore.grpc.client_interceptor())``.
+
+    A call made inside an operation (``current_operation()`` is not None):
+
+    - is given the timeout ``min(its own, ctx.time_remaining())`` when the
+      operation has a deadline, so the next server sees what is left of it
+      as its own deadline (and ends the call ``DEADLINE_EXCEEDED`` then);
+    - is not started if the operation is already canceled: the call raises
+      ``OperationCanceledError`` (``.future()`` and streaming calls raise it
+      from ``result()`` / iteration, as grpcio reports interceptor errors);
+    - is cancelled the moment the operation is canceled, from any thread:
+      the server sees the stream reset (``CANCELLED``) and, if it runs
+      cancelcore, faults its own operation (``CHANNEL_FAULTED``).  This
+      holds for a blocking call too: its thread wakes at once.  Reading the
+      result of a call so cut raises ``OperationCanceledError`` (with the
+      operation's reason) rather than grpcio's ``FutureCancelledError`` or
+      ``CANCELLED`` error.  Other outcomes are grpcio's own.
+
+    Outside an operation, or for one that has ended, the call goes on as if
+    there were no interceptor.  One interceptor serves any number of
+    channels and threads."""
+    return ClientInterceptor()
+
+
+# ------------------------------------------------------------ aio clients
+
+
+async def _aio_intercept(continuation: Callable[..., Awaitable[Any]], details: Any, request: Any) -> Any:
+    ctx, remaining = _operation()
+    if ctx is None:
+        return await continuation(details, request)
+    if ctx.canceled:
+        _refuse(ctx)
+    details = grpc.aio.ClientCallDetails(details.method, _timeout(details.timeout, remaining), details.metadata,
+                                         details.credentials, details.wait_for_ready)
+    call = await continuation(details, request)
+    _link(ctx, call, asyncio.get_running_loop())
+    return call
+
+
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Callable[..., Awaitable[Any]], client_call_details: Any,
+                                    request: Any) -> Any:
+        return await _aio_intercept(continuation, client_call_details, request)
+
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Callable[..., Awaitable[Any]], client_call_details: Any,
+                                     request: Any) -> Any:
+        return await _aio_intercept(continuation, client_call_details, request)
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Callable[..., Awaitable[Any]], client_call_details: Any,
+                                     request_iterator: Any) -> Any:
+        return await _aio_intercept(continuation, client_call_details, request_iterator)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Callable[..., Awaitable[Any]], client_call_details: Any,
+                                      request_iterator: Any) -> Any:
+        return await _aio_intercept(continuation, client_call_details, request_iterator)
+
+
+def aio_client_interceptor() -> list[Any]:
+    """The same for ``grpc.aio`` channels, as a list of four interceptors,
+    one per kind of call (grpc.aio files each interceptor under one kind
+    only): ``grpc.aio.insecure_channel(target,
+    interceptors=cancelcore.grpc.aio_client_interceptor())``, or
+    ``interceptors=[*aio_client_interceptor(), *others]``.
+
+    Inside an operation a call gets the timeout ``min(its own,
+    ctx.time_remaining())``, is not started if the operation is already
+    canceled (awaiting or iterating it raises ``OperationCanceledError``),
+    and is cancelled on its event loop the moment the operation is canceled,
+    from any thread: awaiting it then raises ``asyncio.CancelledError``, as
+    for any cancelled grpc.aio call (the handler's own task is cancelled
+    too when it runs under a cancelcore adapter or ``host.dispatch``); the
+    server sees the stream reset (``CANCELLED``).  Outside an operation the
+    calls go on as if there were no interceptor."""
+    return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
