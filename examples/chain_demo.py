@@ -137,12 +137,12 @@ def run(chain_name: str, deadline_ms: int) -> int:
         deadlines = [e["deadline"] for e in begins.values() if e and e["deadline"] is not None]
         cancels = chain.first("deadline", "cancel")
         times = [e["t"] for e in cancels.values() if e]
-        forwarded = len(deadlines) == len(spec) and max(deadlines) - min(deadlines) < 0.05
+        forwarded = len(deadlines) == len(spec) and max(deadlines) - min(deadlines) < SPREAD
         if times and deadlines:
             print(f"  every hop's deadline within {(max(deadlines) - min(deadlines)) * 1000:.2f} ms of the "
                   f"others; their cancel callbacks within {(max(times) - min(times)) * 1000:.2f} ms, "
                   f"the first {(min(times) - min(deadlines)) * 1000:.2f} ms after the earliest deadline")
-        checks.append((forwarded, "3: every hop got the deadline, what was left of it (all within 50 ms)"))
+        checks.append((forwarded, f"3: every hop got the deadline, what was left of it (all within {SPREAD * 1000:.0f} ms)"))
         checks.append((settled and status == 503 and counts(chain, "deadline", "cancel") == {1}
                        and {e["reason"] for e in cancels.values() if e} == {"CHANNEL_FAULTED"}
                        and bool(times) and max(times) - min(times) < SPREAD,

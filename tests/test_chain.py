@@ -155,7 +155,9 @@ def test_deadline_set_at_the_edge_expires_at_every_hop(chain: Chain) -> None:
     assert sent + DEADLINE_MS / 1000 <= edge_deadline < sent + DEADLINE_MS / 1000 + 0.5
     assert begins["edge"]["remaining"] > DEADLINE_MS / 1000 - 0.05  # type: ignore[index]
     for hop, deadline in deadlines.items():
-        assert abs(deadline - edge_deadline) < 0.05, (hop, deadline - edge_deadline)
+        # (each hop counts what it was sent from the request's arrival: the
+        # request's way down, slowed by a loaded machine, shifts it a little)
+        assert abs(deadline - edge_deadline) < SPREAD, (hop, deadline - edge_deadline)
         remaining = begins[hop]["remaining"]  # type: ignore[index]
         assert 0 < remaining <= DEADLINE_MS / 1000, (hop, remaining)
 
