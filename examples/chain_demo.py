@@ -54,28 +54,55 @@ SETTLE = 10.0
 
 
 class Printer:
-    """Prints each hop's events as they arrive, in ms since the scene began."""
+    """Prints each hop's events as they arrive, in ms since the scene began.
+    The processes' reports reach this one through pipes, in whatever order
+    the scheduler lets them: a line waits ``HOLD`` seconds so that lines are
+    printed in the order of their timestamps (one clock for all)."""
+
+    HOLD = 0.03
 
     def __init__(self, chain: Chain) -> None:
         self.lock = threading.Lock()
         self.origin = time.monotonic()
         self.key: Optional[str] = None
+        self.pending: list[tuple[float, str, str]] = []
         self.indent = {name: "  " * i for i, name in enumerate(chain.names)}
+        self.stopped = threading.Event()
         chain.listeners.append(self.event)
+        threading.Thread(target=self._drain, name="printer", daemon=True).start()
 
     def scene(self, key: str) -> None:
+        self.flush()
         with self.lock:
             self.key = key
             self.origin = time.monotonic()
 
     def say(self, who: str, what: str, t: Optional[float] = None) -> None:
-        ms = ((t if t is not None else time.monotonic()) - self.origin) * 1000.0
         with self.lock:
-            print(f"  {ms:9.2f} ms  {self.indent.get(who, '')}{who:5} {what}", flush=True)
+            self.pending.append((t if t is not None else time.monotonic(), who, what))
 
     def event(self, event: dict[str, Any]) -> None:
         if self.key is not None and event.get("key") == self.key and event["ev"] != "end":
             self.say(event["hop"], chainlib.describe(event), event["t"])
+
+    def _print(self, until: float) -> None:
+        with self.lock:
+            ready = sorted(row for row in self.pending if row[0] <= until)
+            self.pending = [row for row in self.pending if row[0] > until]
+            for t, who, what in ready:
+                ms = (t - self.origin) * 1000.0
+                print(f"  {ms:9.2f} ms  {self.indent.get(who, '')}{who:5} {what}", flush=True)
+
+    def _drain(self) -> None:
+        while not self.stopped.wait(0.01):
+            self._print(time.monotonic() - self.HOLD)
+
+    def flush(self) -> None:
+        self._print(float("inf"))
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.flush()
 
 
 def counts(chain: Chain, key: str, ev: str) -> set[int]:
@@ -102,6 +129,7 @@ def run(chain_name: str, deadline_ms: int) -> int:
         status, body = chain.request("done", 0.1)
         printer.say("client", f"got {status} {body!r}")
         chain.settled("done", SETTLE)
+        printer.flush()
         checks.append((status == 200 and body == "edge>A>B>C" and counts(chain, "done", "cancel") == {0}
                        and counts(chain, "done", "free") == {1},
                        "1: the request completed (200 'edge>A>B>C'), nothing was canceled, "
@@ -112,6 +140,7 @@ def run(chain_name: str, deadline_ms: int) -> int:
         t_close = chain.leave("leave", t=30.0)
         printer.say("client", "closed its connection", t_close)
         settled = chain.settled("leave", SETTLE)
+        printer.flush()
         cancels = chain.first("leave", "cancel")
         times = [e["t"] if e else float("nan") for e in cancels.values()]
         if all(e is not None for e in cancels.values()):
@@ -133,6 +162,7 @@ def run(chain_name: str, deadline_ms: int) -> int:
         status, _ = chain.request("deadline", 30.0, deadline_ms=deadline_ms)
         printer.say("client", f"got {status}")
         settled = chain.settled("deadline", SETTLE)
+        printer.flush()
         begins = chain.first("deadline", "begin")
         deadlines = [e["deadline"] for e in begins.values() if e and e["deadline"] is not None]
         cancels = chain.first("deadline", "cancel")
@@ -150,6 +180,7 @@ def run(chain_name: str, deadline_ms: int) -> int:
                        f"{SPREAD * 1000:.0f} ms; the client got 503"))
         checks.append((counts(chain, "deadline", "free") == {1}, "3: every hop freed its state once"))
 
+        printer.close()
         after = chain.stats()
         agree = all(after[h]["cancel_callbacks_run"] - before[h]["cancel_callbacks_run"] == 2
                     and after[h]["cancels_channel_faulted"] - before[h]["cancels_channel_faulted"] == 2

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-grpc = pytest.importorskip("grpc")
+pytest.importorskip("grpc")
 anyio = pytest.importorskip("anyio")
+import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
 from cancelcore import CancelReason, current_operation  # noqa: E402
