@@ -57,6 +57,8 @@ test-py: venv
 	@echo "== Python suites on the newest interpreter: $$($(VENV)/bin/python -V) ($(PY_NEWEST)), wheel $$(cd $(WHEELS) && ls cancelcore-*.whl)"
 	$(VENV)/bin/python -m mypy --strict python/cancelcore
 	MYPYPATH=support $(VENV)/bin/python -m mypy --strict examples/service_demo.py examples/server_demo.py
+	MYPYPATH=support:examples/chain $(VENV)/bin/python -m mypy --strict examples/chain_demo.py \
+	  examples/chain/hop.py examples/chain/chainlib.py bench/bench_chain.py
 	$(VENV)/bin/python -m pytest -q tests
 	$(VENV)/bin/python tests/leak/valgrind_check.py $(VENV)/bin/python
 	@if [ "$$(realpath $(PY_OLDEST))" = "$$(realpath $(PY_NEWEST))" ]; then \
