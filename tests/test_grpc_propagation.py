@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +40,9 @@ UPLOAD = f"/{HOP}/Upload"
 # A cancel or deadline must reach the next hop well before a leaf that was
 # not told would give up by itself (WAIT, 10 s); on loopback it takes ms.
 PROMPT = 2.0
+# gRPC sends a timeout rounded up to its unit, and grpcio's threaded server
+# measures what is left on the wall clock: a hop may see a hair more.
+SLACK = 0.01
 
 
 class Hop:
@@ -336,10 +344,22 @@ def cancel_after_leaf_entered(chain: Chain, call: Any, key: str) -> float:
 # ------------------------------------------------------ client leaves
 
 
-@pytest.mark.parametrize("key", ["call", "with-call", "future"])
-def test_edge_cancel_aborts_a_blocking_unary_call_downstream(chain: Chain, key: str) -> None:
-    if chain.edge.kind == "aio" and key != "call":
-        pytest.skip("with_call and future are the sync API")
+def test_edge_cancel_aborts_a_blocking_unary_call_downstream(chain: Chain) -> None:
+    cancel_unary_through(chain, "call")
+
+
+@pytest.mark.parametrize("key", ["with-call", "future"])
+@pytest.mark.parametrize("leaf_kind", ["sync", "aio"])
+def test_edge_cancel_aborts_with_call_and_future_downstream(leaf_kind: str, key: str) -> None:
+    """The sync API's other two ways to make a unary call."""
+    chain = Chain("sync", leaf_kind)
+    try:
+        cancel_unary_through(chain, key)
+    finally:
+        chain.close()
+
+
+def cancel_unary_through(chain: Chain, key: str) -> None:
     call = chain.edge.unary().future(key.encode())
     canceled_at = cancel_after_leaf_entered(chain, call, key)
     leaf = chain.leaf.probes(key)
@@ -375,6 +395,30 @@ def test_edge_cancel_aborts_a_blocking_stream_unary_call_downstream(chain: Chain
         assert_every_hop_canceled_once(chain, "upload")
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("edge_kind", ["sync", "aio"])
+def test_edge_stop_cancels_downstream_and_answers_unavailable(edge_kind: str) -> None:
+    """A stop of the edge aborts its host: its operation gets HOST_ABORT,
+    the call it made is cancelled, the leaf sees its client leave."""
+    chain = Chain(edge_kind, "sync")
+    try:
+        call = chain.edge.unary().future(b"stop")
+        assert chain.leaf.probes("stop").entered.wait(WAIT)
+        edge = chain.edge
+        if edge_kind == "sync":
+            edge.interceptor.stop(edge.server, 0)
+        else:
+            edge.run(edge.interceptor.stop(edge.server, 0), timeout=WAIT + 5)
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result(WAIT)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        probe = edge.probes("stop")
+        assert probe.settled() and probe.reasons == [CancelReason.HOST_ABORT] and len(probe.frees) == 1
+        leaf = chain.leaf.probes("stop")
+        assert leaf.settled() and leaf.reasons == [FAULTED] and len(leaf.frees) == 1
+    finally:
+        chain.close()
 
 
 def test_three_hops_mixed() -> None:
@@ -418,12 +462,12 @@ def test_deadline_travels_and_expires_at_every_hop_at_once(chain: Chain) -> None
     edge_deadline, edge_left = chain.edge.deadlines["deadline"]
     leaf_deadline, leaf_left = chain.leaf.deadlines["deadline"]
     assert edge_deadline is not None and leaf_deadline is not None
-    assert edge_left is not None and 0.3 < edge_left <= 0.5
+    assert edge_left is not None and 0.3 < edge_left <= 0.5 + SLACK
     assert abs(edge_deadline - (sent + 0.5)) < 0.1
     # The same moment at the next hop (the interceptor forwarded what was
     # left; CLOCK_MONOTONIC is the same clock in every process).
     assert abs(leaf_deadline - edge_deadline) < 0.05, (leaf_deadline - edge_deadline)
-    assert leaf_left is not None and leaf_left <= edge_left + 0.01
+    assert leaf_left is not None and leaf_left <= edge_left + SLACK
     assert_every_hop_canceled_once(chain, "deadline")
     for hop in chain.hops:
         # Each hop's handler ended at about the deadline, not at WAIT.
@@ -446,7 +490,7 @@ def test_caller_timeout_shorter_than_the_deadline_is_kept() -> None:
         left = host.dispatch(host.accept_channel(), work, deadline=time.monotonic() + 5.0).result(WAIT)
         assert left is not None and left > 4.0
         deadline, remaining = leaf.deadlines["quick-short"]
-        assert remaining is not None and 0.2 < remaining <= 0.4
+        assert remaining is not None and 0.2 < remaining <= 0.4 + SLACK
     finally:
         host.close()
         leaf.close()
@@ -563,6 +607,38 @@ def test_already_canceled_operation_starts_no_call(leaf: Hop, local_host: Servic
     finally:
         cancelcore._operation._current.reset(token)
         ctx.end()
+    time.sleep(0.05)
+    assert leaf.host.stats["ops_begun"] == 0  # never sent
+
+
+def test_aio_already_canceled_operation_starts_no_call(leaf: Hop, local_host: ServiceHost) -> None:
+    op_channel = local_host.accept_channel()
+    ctx = op_channel.begin_operation()
+    op_channel.fault()
+
+    async def main() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with grpc.aio.insecure_channel(f"{HOST}:{leaf.port}",
+                                             interceptors=ccgrpc.aio_client_interceptor()) as channel:
+            cancelcore._operation._current.set(ctx)  # this task's copy only
+            for call in (lambda: channel.unary_unary(UNARY)(b"quick-no"),
+                         lambda: channel.stream_unary(UPLOAD)(iter([b"quick-no"]))):
+                try:
+                    await call()
+                except OperationCanceledError as exc:
+                    errors.append(exc)
+            try:
+                async for _ in channel.unary_stream(STREAM)(b"quick-no"):
+                    pass
+            except OperationCanceledError as exc:
+                errors.append(exc)
+        return errors
+
+    try:
+        errors = asyncio.run(main())
+    finally:
+        ctx.end()
+    assert len(errors) == 3 and all(e.reason == FAULTED for e in errors)  # type: ignore[attr-defined]
     time.sleep(0.05)
     assert leaf.host.stats["ops_begun"] == 0  # never sent
 
@@ -698,7 +774,7 @@ def test_fallback_without_the_internal_still_forwards_the_deadline(
     probe = leaf.probes("fallback")
     assert probe.settled() and probe.reasons == [FAULTED]
     deadline, remaining = leaf.deadlines["fallback"]
-    assert remaining is not None and remaining <= 0.3
+    assert remaining is not None and remaining <= 0.3 + SLACK
 
 
 def test_interceptor_shapes() -> None:
@@ -711,3 +787,118 @@ def test_interceptor_shapes() -> None:
     aio = ccgrpc.aio_client_interceptor()
     assert len(aio) == 4
     assert [sum(isinstance(i, kind) for i in aio) for kind in kinds] == [1, 1, 1, 1]
+
+
+# ------------------------------------------------ each hop in its own process
+
+
+class HopProcess:
+    """A ``Hop`` in a child process (this file run as a script); commands on
+    its stdin, answers (JSON) on its stdout."""
+
+    def __init__(self, kind: str, downstream: Optional[int] = None) -> None:
+        command = [sys.executable, os.path.abspath(__file__), kind, str(downstream or 0)]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.ask(None)
+        self.port = int(line)
+
+    def ask(self, command: Optional[str]) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT + 5)
+        assert ready, f"hop process did not answer {command!r}"
+        line = self.proc.stdout.readline()
+        assert line, f"hop process exited (status {self.proc.poll()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(WAIT + 5)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+
+def _serve_hop(kind: str, downstream: int) -> None:
+    """The child: runs a Hop until stdin closes.  ``entered KEY`` waits for
+    the handler to run; ``probe KEY`` waits for its free-state and gives
+    what it saw; ``stats`` gives the host's once nothing is in flight."""
+    hop = Hop(kind, downstream or None)
+    print(json.dumps(hop.port), flush=True)
+    for line in sys.stdin:
+        command, _, key = line.strip().partition(" ")
+        if command == "entered":
+            answer: Any = hop.probes(key).entered.wait(WAIT)
+        elif command == "probe":
+            probe = hop.probes(key)
+            probe.settled(WAIT)
+            deadline, remaining = hop.deadlines.get(key, (None, None))
+            answer = {"reasons": [int(r) for r in probe.reasons], "frees": len(probe.frees),
+                      "deadline": deadline, "remaining": remaining, "ended": hop.ended.get(key)}
+        else:
+            wait_until(lambda: hop.host.stats["ops_in_flight"] == 0)
+            answer = hop.host.stats
+        print(json.dumps(answer), flush=True)
+    hop.close()
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[list[HopProcess]]:
+    """edge (threaded server) -> middle (asyncio server) -> leaf (threaded),
+    each in its own process."""
+    hops: list[HopProcess] = []
+    try:
+        downstream: Optional[int] = None
+        for kind in ("sync", "aio", "sync"):
+            hops.insert(0, HopProcess(kind, downstream))
+            downstream = hops[0].port
+        yield hops
+    finally:
+        for hop in hops:
+            hop.close()
+
+
+def test_processes_client_cancel_reaches_every_hop_once(processes: list[HopProcess]) -> None:
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        call = channel.unary_unary(UNARY).future(b"p-cancel")
+        assert processes[-1].ask("entered p-cancel")
+        call.cancel()
+        for hop in processes:
+            probe = hop.ask("probe p-cancel")
+            assert probe["reasons"] == [int(FAULTED)] and probe["frees"] == 1
+
+
+def test_processes_deadline_expires_at_every_hop_at_once(processes: list[HopProcess]) -> None:
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        sent = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(UNARY)(b"p-deadline", timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    seen = [hop.ask("probe p-deadline") for hop in processes]
+    edge = seen[0]["deadline"]
+    assert abs(edge - (sent + 0.5)) < 0.1  # CLOCK_MONOTONIC: one clock for every process
+    for hop in seen:
+        assert hop["reasons"] == [int(FAULTED)] and hop["frees"] == 1
+        assert abs(hop["deadline"] - edge) < 0.05, hop["deadline"] - edge
+        assert edge - 0.05 < hop["ended"] < edge + PROMPT
+
+
+def test_processes_completion_cancels_nothing(processes: list[HopProcess]) -> None:
+    before = [hop.ask("stats") for hop in processes]
+    with grpc.insecure_channel(f"{HOST}:{processes[0].port}") as channel:
+        assert channel.unary_unary(UNARY)(b"quick-p", timeout=WAIT) == b"quick-p"
+    for hop, old in zip(processes, before):
+        probe = hop.ask("probe quick-p")
+        assert probe["reasons"] == [] and probe["frees"] == 1 and probe["deadline"] is not None
+        new = hop.ask("stats")
+        assert {name: new[name] - old[name] for name in
+                ("ops_begun", "ops_ended", "free_states_run", "ops_canceled", "deadlines_expired")} == \
+            {"ops_begun": 1, "ops_ended": 1, "free_states_run": 1, "ops_canceled": 0, "deadlines_expired": 0}
+
+
+if __name__ == "__main__":
+    _serve_hop(sys.argv[1], int(sys.argv[2]))

@@ -17,7 +17,15 @@ operation on a channel of its own, so:
 
 Inside the servicer method (and a streaming response generator)
 ``cancelcore.current_operation()`` is the RPC's context.  The handler's own
-``register_for_cancel`` is never used by the adapter (G2).
+``register_for_cancel`` is never used by the adapter (G2).  The operation's
+deadline is the RPC's own (the one its client sent): ``ctx.deadline`` and
+``ctx.time_remaining()`` work in the servicer.
+
+Across services, ``client_interceptor()`` (for ``grpc.intercept_channel``)
+and ``aio_client_interceptor()`` (for ``grpc.aio`` channels) tie the calls
+made inside an operation to it: each carries what is left of its deadline
+and is cancelled the moment the operation is canceled, so the next server
+sees its client leave (``CANCELLED``) and cancels its own operation.
 
 What grpcio does without this (1.85): the sync server's
 ``context.add_callback`` fires on every termination, normal completion
@@ -1096,6 +1104,8 @@ class _Call(grpc.Call, grpc.Future):  # type: ignore[misc]
             self._canceled(exc)
 
     def __getattr__(self, name: str) -> Any:  # debug_error_string() and the like
+        if name.startswith("_"):  # never our own slots (unset while copying)
+            raise AttributeError(name)
         return getattr(self._call, name)
 
 
