@@ -103,6 +103,11 @@ bench-py: venv
 bench-asgi: venv
 	$(VENV)/bin/python bench/bench_asgi.py
 
+# issue 10, HTTP leg: what cancelcore.httpx's transports cost per request.
+.PHONY: bench-httpx
+bench-httpx: venv
+	$(VENV)/bin/python bench/bench_httpx.py
+
 bench-c:
 	$(CMAKE) -S . -B $(BUILD)/bench -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_EXAMPLES=OFF
 	$(CMAKE) --build $(BUILD)/bench -j $(JOBS) --target cc_bench

@@ -83,7 +83,8 @@ class Downstream:
         self.lock = threading.Lock()
         self.seen: dict[str, Seen] = {}
         self.requests = 0
-        routes = [Route("/hold/{key}", self.hold), Route("/info/{key}", self.info)]
+        routes = [Route("/hold/{key}", self.hold, methods=["GET", "POST"]),
+                  Route("/info/{key}", self.info)]
         self.middleware = CancellationMiddleware(Starlette(routes=routes))
 
     def __getitem__(self, key: str) -> Seen:
@@ -308,6 +309,58 @@ def test_canceled_while_reading_a_streamed_body(
     assert closed.is_set()  # the server saw its client leave
 
 
+def test_canceled_while_uploading_on_the_request_thread(
+        down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    """The operation canceled by the request's own thread mid-upload (the
+    body generator faults the channel): the hook shuts the socket down
+    there, the next write fails, the call raises; the server saw its
+    client leave."""
+    ds, srv = down
+    ch = host.accept_channel()
+
+    def body() -> Iterator[bytes]:
+        yield b"x" * 1000
+        assert ds["up"].entered.wait(WAIT)
+        ch.fault()
+        yield b"y" * 1000
+
+    def call(ctx: OperationContext) -> Any:
+        with httpx.Client(transport=HTTPTransport(), timeout=20) as client:
+            return client.post(f"{srv.url}/hold/up", content=body(), headers={"content-length": "2000"})
+
+    exc = host.dispatch(ch, call).exception(WAIT)
+    assert isinstance(exc, OperationCanceledError) and exc.reason is FAULTED, repr(exc)
+    assert_canceled_once(ds["up"])
+
+
+def test_canceled_before_the_socket_is_known(down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    """The cancel lands while the connection is being made, before the
+    request has a socket to record: the hook finds none, and the socket is
+    shut down as it is published -- nothing reaches the server's app."""
+    import httpcore
+
+    ds, srv = down
+    ch = host.accept_channel()
+
+    class FaultingWhileConnecting(httpcore.SyncBackend):  # the real backend, then a fault
+        def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+            stream = super().connect_tcp(*args, **kwargs)
+            ch.fault()
+            return stream
+
+    transport = HTTPTransport()
+    transport._pool._network_backend._inner = FaultingWhileConnecting()  # type: ignore[attr-defined]
+
+    def call(ctx: OperationContext) -> Any:
+        with httpx.Client(transport=transport, timeout=20) as client:
+            return client.get(f"{srv.url}/info/early")
+
+    exc = host.dispatch(ch, call).exception(WAIT)
+    assert isinstance(exc, OperationCanceledError) and exc.reason is FAULTED, repr(exc)
+    time.sleep(0.05)
+    assert ds.requests == 0
+
+
 def test_sync_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) -> None:
     """Two hops in this process: a client leaves the edge service, whose
     *sync* endpoint (run in a thread pool) is blocked in an httpx call to
@@ -346,6 +399,40 @@ def test_sync_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) 
     finally:
         edge_srv.stop()
         client.close()
+
+
+def test_async_handler_chain_client_leaving(down: tuple[Downstream, LiveServer]) -> None:
+    """The same with an async endpoint and the async transport: the edge
+    request's task is cancelled (or the transport aborts the call first);
+    either way the next service's request is canceled once."""
+    ds, srv = down
+    edge_seen = Seen()
+
+    async def edge(request: Request) -> Response:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(edge_seen.on_cancel, edge_seen.on_free)
+        try:
+            async with httpx.AsyncClient(transport=AsyncHTTPTransport(), timeout=20) as client:
+                await client.get(f"{srv.url}/hold/achain")
+        except (OperationCanceledError, asyncio.CancelledError):
+            edge_seen.header = "aborted"
+            raise
+        return Response("unreachable")
+
+    edge_srv = LiveServer(CancellationMiddleware(Starlette(routes=[Route("/edge", edge)]))).start()
+    try:
+        sock = open_request(edge_srv.port, "/edge")
+        assert ds["achain"].entered.wait(WAIT)
+        t0 = time.monotonic()
+        close_rst(sock)
+        assert_canceled_once(ds["achain"])
+        assert ds["achain"].cancels[0][1] - t0 < PROMPT
+        assert edge_seen.freed.wait(WAIT)
+        assert edge_seen.reasons == [FAULTED] and edge_seen.frees == 1
+        assert edge_seen.header == "aborted"
+    finally:
+        edge_srv.stop()
 
 
 # --------------------------------------------------------------- async
@@ -388,7 +475,11 @@ def test_async_call_in_an_uncancelled_task_raises_operation_canceled(
     async def call() -> httpx.Response:
         _current.set(ctx)  # this task's own context copy
         async with httpx.AsyncClient(transport=transport, timeout=20) as client:
-            return await client.get(f"{srv.url}/hold/d")
+            try:
+                return await client.get(f"{srv.url}/hold/d")
+            finally:
+                # The aborted connection did not go back to the pool.
+                assert pool_connections(transport) == 0
 
     async def main() -> tuple[BaseException, float]:
         task = asyncio.ensure_future(call())
@@ -698,3 +789,61 @@ def test_tls_calls_are_aborted_sync_and_async(tls: tuple[str, str, str], host: S
         assert_canceled_once(ds["tls-async"])
     finally:
         srv.stop()
+
+
+def test_cancels_racing_requests_never_hit_a_neighbour(
+        down: tuple[Downstream, LiveServer], make_host: Callable[..., ServiceHost]) -> None:
+    """Operations canceled at random moments around their request (before
+    it starts, while it connects or waits, after it completed) on a client
+    shared with a thread making plain requests: no call hangs, each
+    canceled call raises OperationCanceledError, no downstream request is
+    canceled twice, and the neighbour never loses a request (a hook of a
+    finished request never shuts down a connection that went back to the
+    pool)."""
+    import random
+
+    ds, srv = down
+    host = make_host(max_workers=2)
+    client = httpx.Client(transport=HTTPTransport(limits=httpx.Limits(max_connections=4)), timeout=20)
+    stop = threading.Event()
+    neighbour: list[int] = []
+    failures: list[BaseException] = []
+
+    def plain_requests() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                neighbour.append(client.get(f"{srv.url}/info/n{i}").status_code)
+            except BaseException as exc:  # recorded: the test fails on it
+                failures.append(exc)
+            i += 1
+
+    t = threading.Thread(target=plain_requests)
+    t.start()
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "canceled": 0}
+    try:
+        for i in range(150):
+            ch = host.accept_channel()
+            future = host.dispatch(ch, lambda ctx, i=i: client.get(f"{srv.url}/info/r{i}").status_code)
+            time.sleep(rng.random() * 0.003)
+            ch.fault()
+            exc = future.exception(WAIT)
+            if exc is None:
+                assert future.result() == 200
+                outcomes["ok"] += 1
+            else:
+                assert isinstance(exc, OperationCanceledError), repr(exc)
+                outcomes["canceled"] += 1
+    finally:
+        stop.set()
+        t.join(WAIT)
+        client.close()
+    assert failures == [] and neighbour and set(neighbour) == {200}
+    assert outcomes["ok"] + outcomes["canceled"] == 150
+    stats = settled(ds.host)
+    assert stats["ops_begun"] == stats["free_states_run"] == ds.requests
+    for key, seen in ds.seen.items():
+        assert seen.reasons in ([], [FAULTED]) and seen.frees == 1, key
+        if key.startswith("n"):
+            assert seen.reasons == [], key  # the neighbour's requests all completed

@@ -36,7 +36,10 @@ connection's stream, at connect and at every read and write, records its
 socket in that request (a reused keep-alive connection included), and the
 operation's cancel hook shuts that socket down.  A cancel that lands before
 the socket is known is caught when it is published (both sides hold the
-request's small lock).
+request's small lock).  A request gives its socket up when its response is
+closed (before httpcore can hand the connection to another request) and
+when its connection is closed (so a late hook never shuts down a descriptor
+number that may already name another socket).
 
 Limits:
 
@@ -85,8 +88,8 @@ def _shutdown(sock: Any) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         else:  # asyncio's TransportSocket, a trio socket
             sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, ValueError):  # already closed or never connected: nothing to wake
-        pass
+    except Exception:  # already closed or never connected (OSError, or a wrapper's own
+        pass           # error for a closed socket): nothing to wake, and a hook never raises
 
 
 class _Call:
@@ -118,18 +121,28 @@ class _Call:
 
     def cancel(self) -> None:
         # The operation's hook: quick, never raises, idempotent.
+        reason: Optional[CancelReason] = None
         ctx = self.ctx
         if ctx is not None:
             try:
-                self.reason = ctx.cancel_reason  # set before hooks run
+                reason = ctx.cancel_reason  # set before hooks run
             except InvalidOperationError:  # pragma: no cover - ended meanwhile
                 pass
         with self.lock:
+            if self.reason is None:
+                self.reason = reason
             self.canceled = True
             # Under the lock: once finish() has returned, this request's
             # socket may serve another request and must not be touched.
             if self.sock is not None:
                 _shutdown(self.sock)
+
+    def release(self, sock: Any) -> None:
+        """``sock`` is about to be closed: never shut it down after this
+        (its descriptor number could by then name another socket)."""
+        with self.lock:
+            if self.sock is sock:
+                self.sock = None
 
     def finish(self) -> None:
         with self.lock:
@@ -137,11 +150,21 @@ class _Call:
             self.sock = None
         self.ctx = None
 
-    def error(self) -> OperationCanceledError:
-        reason = self.reason
-        if reason is None:  # the hook ran on a context that had ended
+    def fail(self) -> Optional[OperationCanceledError]:
+        """The request failed: gives up its socket, and returns the error
+        to raise instead if its operation was canceled (the failure is
+        then the abort, or happened as the operation was going away)."""
+        with self.lock:
+            canceled, reason = self.canceled, self.reason
+        if canceled and reason is None:
+            reason = _adapters.reason(self.ctx) if self.ctx is not None else None
+        self.finish()
+        if not canceled:
+            return None
+        if reason is None:  # pragma: no cover - the hook ran on a context that had just ended
             reason = CancelReason.CHANNEL_FAULTED
-        return OperationCanceledError(reason, f"the HTTP request was aborted: its operation was canceled ({reason.name})")
+        return OperationCanceledError(
+            reason, f"the HTTP request was aborted: its operation was canceled ({reason.name})")
 
 
 # The request the current thread or task is sending (None outside our
@@ -179,23 +202,32 @@ class _Stream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
         self._sock = inner.get_extra_info("socket")
+        self._user: Optional[_Call] = None  # the last request that used it
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
 
     def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         self._inner.write(buffer, timeout)
 
     def close(self) -> None:
+        # Whichever thread closes it: a cancel hook must not shut the
+        # descriptor down once it is closed (the number may be reused).
+        user = self._user
+        if user is not None:
+            user.release(self._sock)
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
@@ -235,9 +267,9 @@ class _Body(httpx.SyncByteStream):
         try:
             yield from self._inner
         except Exception as exc:
-            if self._call.canceled:
-                self._call.finish()
-                raise self._call.error() from exc
+            error = self._call.fail()
+            if error is not None:
+                raise error from exc
             raise
 
     def close(self) -> None:
@@ -281,9 +313,9 @@ class HTTPTransport(httpx.HTTPTransport):
         try:
             response = super().handle_request(request)
         except Exception as exc:
-            call.finish()
-            if call.canceled:
-                raise call.error() from exc
+            error = call.fail()
+            if error is not None:
+                raise error from exc
             raise
         except BaseException:
             call.finish()
@@ -303,23 +335,30 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._sock = inner.get_extra_info("socket")
+        self._user: Optional[_Call] = None
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
 
     async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
         call = _calls.get()
         if call is not None:
+            self._user = call
             call.use(self._sock)
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
+        user = self._user
+        if user is not None:
+            user.release(self._sock)
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
@@ -359,9 +398,9 @@ class _AsyncBody(httpx.AsyncByteStream):
             async for chunk in self._inner:
                 yield chunk
         except Exception as exc:
-            if self._call.canceled:
-                self._call.finish()
-                raise self._call.error() from exc
+            error = self._call.fail()
+            if error is not None:
+                raise error from exc
             raise
 
     async def aclose(self) -> None:
@@ -396,9 +435,9 @@ class AsyncHTTPTransport(httpx.AsyncHTTPTransport):
         try:
             response = await super().handle_async_request(request)
         except Exception as exc:
-            call.finish()
-            if call.canceled:
-                raise call.error() from exc
+            error = call.fail()
+            if error is not None:
+                raise error from exc
             raise
         except BaseException:
             call.finish()
