@@ -48,6 +48,13 @@ TARGET_MS = 2.0  # the issue's target: the last hop's cancel callback within 2 m
 DEADLINE_MS = 200
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not Linux
+        return "unknown"
+
+
 def describe(spec: tuple[HopSpec, ...]) -> str:
     server = {"http": "uvicorn", "grpc": "grpc.server", "grpc-aio": "grpc.aio"}
     return "client -> " + " -> ".join(f"{h.name} ({server[h.serve]}, {h.handler})" for h in spec)
@@ -138,6 +145,7 @@ def bench_chain(name: str, spec: tuple[HopSpec, ...], args: argparse.Namespace, 
               f"callbacks spread over p50 {percentile(spreads, 50):.2f} / p99 {percentile(spreads, 99):.2f} ms; "
               f"the first came p50 {percentile(late, 50):.2f} / p99 {percentile(late, 99):.2f} ms "
               f"after the earliest deadline")
+    print(f"  load average after this chain: {loadavg()}")
     for hop, st in after.items():
         if st["ops_in_flight"]:
             failures.append(f"{name}: {hop} has {st['ops_in_flight']} operations in flight at the end")
@@ -156,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             pass
     print(f"versions: {', '.join(versions)}")
     print(f"load:     {args.reps} clients leaving per chain, one at a time; {args.deadline_reps} deadlines")
+    print(f"machine load average at the start: {loadavg()} (the p99s follow it: 4 processes share the cores)")
     failures: list[str] = []
     for name in args.chains:
         bench_chain(name, CHAINS[name], args, failures)
