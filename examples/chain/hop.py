@@ -150,7 +150,7 @@ class Downstream:
             response = self._sync.get("/work", params={"key": key, "t": t})
             response.raise_for_status()
             return str(response.text)
-        return bytes(self._sync(self._request(key, t))).decode()
+        return bytes(self._sync(self._request(key, t), timeout=CALL_TIMEOUT)).decode()
 
     def _make_sync(self) -> Any:
         if self.scheme == "http":
@@ -175,7 +175,7 @@ class Downstream:
             response = await self._async.get("/work", params={"key": key, "t": t})
             response.raise_for_status()
             return str(response.text)
-        return bytes(await self._async(self._request(key, t))).decode()
+        return bytes(await self._async(self._request(key, t), timeout=CALL_TIMEOUT)).decode()
 
     def _make_async(self) -> Any:
         if self.scheme == "http":
