@@ -64,7 +64,10 @@ GRPC_METHOD = "/chain.Hop/Work"
 # The handler then waits for its own deadline to cancel it rather than
 # returning first, so every hop reports the deadline it reached.
 DEADLINE_SLACK = 0.05
-CALL_TIMEOUT = 60.0  # any one downstream call without a deadline: generous, never infinite
+# httpx's timeouts (connect, each read...) for a downstream HTTP call: no
+# deadline, only a bound on a silent peer.  gRPC calls get none: a gRPC
+# timeout is a deadline, and would be forwarded as one.
+CALL_TIMEOUT = 60.0
 EXIT_BACKSTOP = 8.0  # after stdin closes, the process is gone within this
 
 _out_lock = threading.Lock()
@@ -150,7 +153,7 @@ class Downstream:
             response = self._sync.get("/work", params={"key": key, "t": t})
             response.raise_for_status()
             return str(response.text)
-        return bytes(self._sync(self._request(key, t), timeout=CALL_TIMEOUT)).decode()
+        return bytes(self._sync(self._request(key, t))).decode()
 
     def _make_sync(self) -> Any:
         if self.scheme == "http":
@@ -175,7 +178,7 @@ class Downstream:
             response = await self._async.get("/work", params={"key": key, "t": t})
             response.raise_for_status()
             return str(response.text)
-        return bytes(await self._async(self._request(key, t), timeout=CALL_TIMEOUT)).decode()
+        return bytes(await self._async(self._request(key, t))).decode()
 
     def _make_async(self) -> Any:
         if self.scheme == "http":
