@@ -129,7 +129,7 @@ def _check_server(url: str, seen: dict[str, Seen], host_stats: Any) -> None:
         r = client.get(f"{url}/hold/x", headers={DEADLINE_HEADER: "200"})
         elapsed = time.monotonic() - t0
         assert r.status_code == 503
-        assert 0.2 <= elapsed < 0.2 + 0.5, elapsed
+        assert 0.2 <= elapsed < 0.2 + 1.0, elapsed  # (loose: a shared machine)
     s = seen["x"]
     assert s.freed.wait(WAIT)
     time.sleep(0.05)

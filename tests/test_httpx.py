@@ -41,6 +41,9 @@ HEADER = "cancelcore-deadline-ms"
 # A cancel must reach the blocked call promptly; the bound is loose
 # because the machine is shared (the measured figures are in the report).
 PROMPT = 0.5
+# Two hops' deadlines differ by the transit time (the header counts from
+# its arrival) and the rounding down: milliseconds, bounded loosely here.
+SAME_MOMENT = 0.25
 
 
 # ------------------------------------------------------------- downstream
@@ -594,7 +597,7 @@ def test_deadline_travels_in_the_header(down: tuple[Downstream, LiveServer], hos
     assert 4000 < ms <= 5000
     # The same moment, give or take the hop's transit (the header counts
     # from its arrival, as gRPC's timeout does) and the rounding down.
-    assert abs(body["deadline"] - deadline) < 0.1
+    assert abs(body["deadline"] - deadline) < SAME_MOMENT
 
 
 @pytest.mark.parametrize("given, kept", [("100", True), ("999999", False), ("abc", False),
@@ -627,11 +630,11 @@ def test_deadline_expires_downstream_at_the_same_moment(
     future = host.dispatch(ch, call, deadline=deadline)
     seen = ds["exp"]
     assert seen.entered.wait(WAIT)
-    assert seen.deadline is not None and abs(seen.deadline - deadline) < 0.1
+    assert seen.deadline is not None and abs(seen.deadline - deadline) < SAME_MOMENT
     outcome = future.exception(WAIT) or future.result()
     assert_canceled_once(seen)
     when = seen.cancels[0][1]
-    assert deadline - 0.1 < when < deadline + 0.3, when - deadline
+    assert deadline - SAME_MOMENT < when < deadline + SAME_MOMENT + PROMPT, when - deadline
     # Downstream expired first (its deadline is rounded down) and answered
     # 503, or the edge's own deadline aborted the call first.
     assert isinstance(outcome, OperationCanceledError) or outcome.status_code == 503, outcome
@@ -659,7 +662,8 @@ def test_the_downstream_deadline_expires_there(
     seen = ds["short"]
     assert seen.header == "300"
     assert_canceled_once(seen)
-    assert 0.3 <= seen.cancels[0][1] - t0 < 0.3 + 0.3
+    assert seen.deadline is not None and seen.cancels[0][1] - t0 >= 0.3
+    assert 0.0 <= seen.cancels[0][1] - seen.deadline < PROMPT
     stats = settled(ds.host)
     assert stats["deadlines_expired"] == 1 and stats["cancels_channel_faulted"] == 1
     assert host.stats["deadlines_expired"] == 0
