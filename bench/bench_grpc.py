@@ -195,6 +195,9 @@ class _Context:
     def add_done_callback(self, callback: Any) -> None:
         pass
 
+    def time_remaining(self) -> float:
+        return 30.0  # the load's timeout: each RPC's operation gets that deadline
+
 
 def in_process(n: int, reps: int) -> tuple[float, float]:
     """The interceptors' own cost per call, microseconds (median over

@@ -232,7 +232,7 @@ def per_call(leaf: Server, calls: int, reps: int) -> tuple[dict[str, float], int
 
     def loop(channel: Any, future: bool = False) -> Callable[..., float]:
         method = channel.unary_unary(ECHO)
-        call = (lambda: method.future(b"x", timeout=TIMEOUT).result()) if future else \
+        call: Callable[[], Any] = (lambda: method.future(b"x", timeout=TIMEOUT).result()) if future else \
             (lambda: method(b"x", timeout=TIMEOUT))
 
         def run(ctx: Any = None) -> float:
@@ -262,8 +262,7 @@ def per_call(leaf: Server, calls: int, reps: int) -> tuple[dict[str, float], int
                 return (time.perf_counter() - t0) / calls * 1e6
 
             if in_operation:
-                return await host.dispatch(host.accept_channel(), run,  # type: ignore[no-any-return]
-                                           deadline=time.monotonic() + 600)
+                return await host.dispatch(host.accept_channel(), run, deadline=time.monotonic() + 600)
             return await run()
 
     variants: dict[str, Callable[[], float]] = {

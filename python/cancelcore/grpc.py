@@ -914,6 +914,11 @@ def _timeout(timeout: Optional[float], remaining: Optional[float]) -> Optional[f
     return timeout
 
 
+def _reason_name(ctx: OperationContext) -> str:
+    reason = ctx.cancel_reason
+    return reason.name if reason is not None else "canceled"
+
+
 def _refuse(ctx: OperationContext) -> NoReturn:
     reason = ctx.cancel_reason
     raise OperationCanceledError(reason if reason is not None else _FAULTED,
@@ -1185,7 +1190,11 @@ async def _aio_intercept(continuation: Callable[..., Awaitable[Any]], details: A
     if ctx is None:
         return await continuation(details, request)
     if ctx.canceled:
-        _refuse(ctx)
+        # A cancelled call, as grpc.aio has them: grpcio (before 1.85)
+        # expects nothing else from an interceptor's task when it collects
+        # the call, and would report any other exception as unraisable.
+        raise asyncio.CancelledError(f"cancelcore: the operation was canceled ({_reason_name(ctx)}): "
+                                     "the call was not started")
     details = grpc.aio.ClientCallDetails(details.method, _timeout(details.timeout, remaining), details.metadata,
                                          details.credentials, details.wait_for_ready)
     call = await continuation(details, request)
@@ -1225,12 +1234,13 @@ def aio_client_interceptor() -> list[Any]:
     ``interceptors=[*aio_client_interceptor(), *others]``.
 
     Inside an operation a call gets the timeout ``min(its own,
-    ctx.time_remaining())``, is not started if the operation is already
-    canceled (awaiting or iterating it raises ``OperationCanceledError``),
-    and is cancelled on its event loop the moment the operation is canceled,
-    from any thread: awaiting it then raises ``asyncio.CancelledError``, as
-    for any cancelled grpc.aio call (the handler's own task is cancelled
-    too when it runs under a cancelcore adapter or ``host.dispatch``); the
-    server sees the stream reset (``CANCELLED``).  Outside an operation the
-    calls go on as if there were no interceptor."""
+    ctx.time_remaining())``, and is cancelled on its event loop the moment
+    the operation is canceled, from any thread: the server sees the stream
+    reset (``CANCELLED``), and awaiting or iterating the call raises
+    ``asyncio.CancelledError``, as for any cancelled grpc.aio call.  If the
+    operation is already canceled the call is not started and is a
+    cancelled call from the outset (the same ``CancelledError``).  The
+    handler's own task is being cancelled then too when it runs under a
+    cancelcore adapter or ``host.dispatch``.  Outside an operation the calls
+    go on as if there were no interceptor."""
     return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
