@@ -107,11 +107,13 @@ def _begin(key: str) -> tuple[OperationContext, Record]:
     return ctx, Record(ctx, key)
 
 
-def _near_deadline(ctx: OperationContext) -> Optional[float]:
-    """Seconds to wait for our own deadline after a downstream failure, or None."""
+def _near_deadline(ctx: OperationContext, key: str, exc: Exception) -> Optional[float]:
+    """Seconds to wait for our own deadline after a downstream failure, or
+    None; reported (``deadline-wait``) when it is waited for."""
     left = ctx.time_remaining()
     if left is None or left > DEADLINE_SLACK or ctx.canceled:
         return None
+    emit("deadline-wait", key=key, t=time.monotonic(), left=left, error=type(exc).__name__)
     return left + DEADLINE_SLACK
 
 
@@ -214,8 +216,8 @@ def work_sync(key: str, t: float) -> str:
         else:
             try:
                 result = f"{NAME}>{NEXT.call(key, t)}"
-            except Exception:
-                wait = _near_deadline(ctx)
+            except Exception as exc:
+                wait = _near_deadline(ctx, key, exc)
                 if wait is not None:
                     record.canceled.wait(wait)
                 raise
@@ -236,8 +238,8 @@ async def work_async(key: str, t: float) -> str:
         else:
             try:
                 result = f"{NAME}>{await NEXT.acall(key, t)}"
-            except Exception:
-                wait = _near_deadline(ctx)
+            except Exception as exc:
+                wait = _near_deadline(ctx, key, exc)
                 if wait is not None:
                     limit = time.monotonic() + wait
                     while not record.canceled.is_set() and time.monotonic() < limit:
