@@ -33,6 +33,9 @@ comparable across the processes of one machine):
     {"ev": "cancel", "hop", "key", "t", "reason", "thread"}
     {"ev": "free", "hop", "key", "t"}
     {"ev": "end", "hop", "key", "t", "outcome"}   (the handler returned or raised)
+    {"ev": "deadline-wait", "hop", "key", "t", "left", "error"}
+        (a downstream call failed within DEADLINE_SLACK of this hop's own
+        deadline: the handler waits for that deadline before it fails)
     {"ev": "stats", "hop", "stats"}                (the host's counters)
 
 Standard input is the control line: ``stats`` asks for the host's
