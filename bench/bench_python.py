@@ -150,6 +150,48 @@ def cc_cycle(n: int) -> float:
     return t.ns / n
 
 
+def cc_cycle_deadline(n: int) -> float:
+    """The cycle with a deadline that never falls due: what filing one in
+    the host's timer heap adds (the heap is compacted as operations end)."""
+    host = ServiceHost()
+    host.open()
+    ch = host.accept_channel()
+    cancel_hits, free_hits = [0] * n, [0] * n
+    on_cancel, on_free = make_callbacks(cancel_hits, free_hits)
+    begin = ch.begin_operation
+    far = time.monotonic() + 3600.0
+    with Timer() as t:
+        for i in range(n):
+            ctx = begin(deadline=far)
+            ctx.register_for_cancel(on_cancel, on_free, i)
+            ctx.end()
+    check_hits(free_hits, 1, "cancelcore cycle with deadline: free-state")
+    check_hits(cancel_hits, 0, "cancelcore cycle with deadline: cancel")
+    check_stats(host, "cancelcore cycle with deadline", ops_begun=n, ops_ended=n, ops_in_flight=0,
+                free_states_run=n, cancel_callbacks_run=0, callback_errors=0, deadlines_expired=0)
+    host.close()
+    return t.ns / n
+
+
+def loop_timer_cycle(n: int) -> float:
+    """The event loop's own timers: loop.call_at + TimerHandle.cancel per
+    operation (what an asyncio-only library would pay for a deadline)."""
+    loop = asyncio.new_event_loop()
+    hits = [0]
+
+    def expire() -> None:
+        hits[0] += 1
+
+    call_at = loop.call_at
+    far = loop.time() + 3600.0
+    with Timer() as t:
+        for _ in range(n):
+            call_at(far, expire).cancel()
+    loop.close()
+    check(hits[0] == 0, "loop timer cycle: a timer fired")
+    return t.ns / n
+
+
 def reg_cycle(n: int) -> float:
     reg = Registry()
     ch = reg.channel()
@@ -745,6 +787,9 @@ def build_shapes(quick: bool) -> list[Shape]:
         Shape("dispatch async, burst", burst_n, reps,
               {"cc": cc_dispatch_async, "task": create_task_async},
               [Row("5 async dispatch burst", "us/op", "cc", "task")]),
+        Shape("begin(deadline=) + register + end", cycles, reps,
+              {"cc": cc_cycle, "ccdl": cc_cycle_deadline, "timer": loop_timer_cycle},
+              [Row("7 cycle with a deadline", "ns/op", "ccdl", "cc")]),
     ]
 
 
@@ -758,6 +803,8 @@ ANCHOR_NAMES = {
     "task": "create_task",
     "cffi": "cffi call",
     "cc": "cancelcore",
+    "ccdl": "cc+deadline",
+    "timer": "loop.call_at",
     "abi3": "abi3 build",
     "full": "full API",
 }
@@ -785,6 +832,12 @@ def report(shapes: list[Shape]) -> None:
             print(f"{row.shape:<30} | {row.unit:<7} | {fmt(cc, row.unit):>10} | "
                   f"{ANCHOR_NAMES[row.anchor]:<13} | {fmt(an, row.unit):>9} | {ratio:>5.2f}x | "
                   f"{min_ratio:>6.2f}x | {target:>7} | {verdict}")
+    for shape in shapes:
+        if "ccdl" in shape.samples:
+            own = shape.median("ccdl") - shape.median("cc")
+            print(f"{'7 ... the deadline alone':<30} | {'ns/op':<7} | {own:>10.1f} | "
+                  f"{ANCHOR_NAMES['timer']:<13} | {shape.median('timer'):>9.1f} | "
+                  f"{own / shape.median('timer'):>5.2f}x | {'':>7} | {'-':>7} | info")
     print("\nspread over the repetitions (min / median / max, ns per op or read):")
     for shape in shapes:
         parts = []
@@ -866,6 +919,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("    asyncio rows time cancel() of N plus running the loop until every callback/task finished.")
     print("  shape 4 is the wall time per operation with 2 threads doing the cycle at once (GIL-bound).")
     print("  shape 5 includes the thread or loop hand-off: informational, not a target.")
+    print("  shape 7: the cycle with a deadline an hour away (filed in the host's timer heap, skipped")
+    print("    once ended) against the cycle without ('7 cycle with a deadline') and against")
+    print("    loop.call_at + cancel alone ('7 ... the deadline alone': cycle with minus cycle without,")
+    print("    against the cheapest timer Python has).")
     if args.abi_modules:
         print("  shape 6 times two builds of one generated source, compiled alike but for Py_LIMITED_API")
         print("    (0x03090000, the wheel's) against the full API: the 'cancelcore' column is the abi3")

@@ -495,3 +495,23 @@ def test_interpreter_exit_cancels_operations_in_flight() -> None:
     )
     assert proc.stdout.split() == ["exiting", "woken", "HOST_ABORT", "freed"], (proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cancel_one_operation_of_a_channel() -> None:
+    """The adapters' per-call cancel (Channel._cancel_operation over
+    cc_channel_cancel_op): that operation alone, once, its first reason
+    kept; the channel and its other operations go on."""
+    seen: list[tuple[CancelReason, str]] = []
+    with ServiceHost() as host, host.accept_channel() as ch:
+        a, b = ch.begin_operation(), ch.begin_operation()
+        a.register_for_cancel(lambda r, s: seen.append((r, s)), None, "a")
+        b.register_for_cancel(lambda r, s: seen.append((r, s)), None, "b")
+        ch._cancel_operation(a)
+        assert seen == [(CancelReason.CHANNEL_FAULTED, "a")]
+        ch._cancel_operation(a, CancelReason.HOST_ABORT)
+        assert a.cancel_reason is CancelReason.CHANNEL_FAULTED and len(seen) == 1
+        assert not b.canceled and ch.state is ChannelState.OPEN
+        a.end()
+        ch._cancel_operation(a)  # ended: nothing
+        b.end()
+        assert host.stats["ops_canceled"] == 1

@@ -1,6 +1,6 @@
 """Deadlines (DESIGN section 4.4): ``ctx.deadline``, ``ctx.time_remaining()``
 and the host's one timer, which cancels an operation still running at its
-deadline with ``CHANNEL_FAULTED``."""
+deadline with ``CHANNEL_FAULTED`` -- that operation alone."""
 
 from __future__ import annotations
 
@@ -63,6 +63,28 @@ def test_expiry_cancels_with_channel_faulted_once() -> None:
         st = host.stats
         assert st["deadlines_expired"] == 1
         assert st["cancels_channel_faulted"] == 1
+
+
+def test_expiry_cancels_that_operation_alone() -> None:
+    """Siblings on the same channel, with later or no deadlines, go on; the
+    channel stays open and admits new operations."""
+    with ServiceHost() as host, host.accept_channel() as ch:
+        now = time.monotonic()
+        soon = ch.begin_operation(deadline=now + 0.1)
+        later = ch.begin_operation(deadline=now + 30)
+        never = ch.begin_operation()
+        for _ in range(1000):
+            if soon.canceled:
+                break
+            time.sleep(0.005)
+        assert soon.cancel_reason is CancelReason.CHANNEL_FAULTED
+        assert not later.canceled and not never.canceled
+        assert ch.state.name == "OPEN"
+        ch.begin_operation().end()
+        for ctx in (soon, later, never):
+            ctx.end()
+        st = host.stats
+        assert st["deadlines_expired"] == 1 and st["ops_canceled"] == 1
 
 
 def test_past_deadline_cancels_at_once() -> None:
@@ -131,7 +153,13 @@ def test_heap_stays_proportional_to_live_operations() -> None:
             ch.begin_operation(deadline=far).end()
         timer = host._timer
         assert timer is not None
-        assert len(timer._heap) <= 200
+        assert len(timer._heap) <= 1024
+        live = [ch.begin_operation(deadline=far) for _ in range(3000)]
+        for _ in range(20000):
+            ch.begin_operation(deadline=far).end()
+        assert 3000 <= len(timer._heap) <= 2 * 3000 + 1
+        for ctx in live:
+            ctx.end()
 
 
 def test_dispatch_with_deadline_cancels_task_and_thread() -> None:

@@ -258,6 +258,22 @@ CC_API cc_status cc_channel_shutdown(cc_channel *channel);
 /* The channel's state; CC_CHANNEL_STATE_INVALID for NULL. */
 CC_API enum cc_channel_state cc_channel_state(const cc_channel *channel);
 
+/* Cancels one operation of the channel with `reason`, as a fault of the
+ * channel would cancel it, but leaves the channel and its other operations
+ * alone: for a timeout or a client gone that concern one call of a channel
+ * shared by many.  `op` is a handle of cc_op_begin_watched, or a cc_op *
+ * of cc_op_begin cast to int64_t through intptr_t.  The callback (or the
+ * binding's notice) runs on this thread before it returns (G1: at most
+ * once; a later registration runs it inside the register call, G3); the
+ * first trigger keeps its reason (G6), so an operation already canceled is
+ * left as it is, CC_OK.  Accepted in every host and channel state, as an
+ * abort is.  CC_E_INVALID_ARG for a NULL channel, an op <= 0 or a reason
+ * other than CC_HOST_ABORT and CC_CHANNEL_FAULTED; CC_E_INVALID_OPERATION
+ * for an operation of another channel, or whose end has begun (G10).  The
+ * caller keeps the channel handle valid for the call (not yet
+ * cc_channel_close'd).  Safe from inside a callback (G11). */
+CC_API cc_status cc_channel_cancel_op(cc_channel *channel, int64_t op, cc_reason reason);
+
 /* ------------------------------------------------------------ operation */
 
 /* Begins an operation on the channel.  Takes no host-wide lock and, in

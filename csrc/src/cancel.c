@@ -249,6 +249,35 @@ cc_status cc_cancel_channel(cc_channel *ch)
     return CC_OK;
 }
 
+cc_status cc_cancel_one(cc_channel *ch, uintptr_t h, cc_reason reason)
+{
+    cc_host *host = ch->host;
+    uint32_t gen, list = 0;
+    int64_t t0 = cc_now_ns();
+    cc_slot *slot = cc_handle_slot(h, &gen);
+    if (!slot)
+        return CC_E_INVALID_OPERATION;
+    /* Under the channel's lock the slot is in its in-flight list or not:
+     * its release unlinks it under this lock, so a live generation read
+     * here cannot be reused before the mark. */
+    cc_mutex_lock(&ch->lock);
+    uint64_t s = cc_st_load(slot);
+    if (slot->channel != ch || !cc_gen_live(s, gen) || (s & ST_ENDING)) {
+        cc_mutex_unlock(&ch->lock);
+        return CC_E_INVALID_OPERATION;
+    }
+    int marked = cc_st_mark(slot, reason);
+    if (marked >= 2) {
+        slot->next_cancel = 0;
+        list = (slot->index + 1) | (marked == 3 ? CC_LINK_USER : 0);
+    }
+    cc_mutex_unlock(&ch->lock);
+    if (marked)
+        atomic_fetch_add_explicit(&host->ops_canceled, 1, memory_order_relaxed);
+    run_list(host, list, reason, t0);
+    return CC_OK;
+}
+
 void cc_cancel_host(cc_host *host)
 {
     int64_t t0 = cc_now_ns();

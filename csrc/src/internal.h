@@ -305,6 +305,8 @@ struct cc_host {
 /* The bodies of cc_channel_fault and cc_host_abort (G7, G9, G12). */
 cc_status cc_cancel_channel(cc_channel *ch);
 void cc_cancel_host(cc_host *host);
+/* The body of cc_channel_cancel_op: one operation of ch, as a fault would. */
+cc_status cc_cancel_one(cc_channel *ch, uintptr_t h, cc_reason reason);
 /* Carries out the channel and host actions of a fault-plan visit. */
 void cc_cancel_apply(cc_host *host, cc_channel *ch, unsigned faults);
 /* Runs the cancel of a registration that found its operation canceled

@@ -258,3 +258,12 @@ int64_t cc_op_end_watched(int64_t op)
         return CC_E_INVALID_ARG;
     return end((uintptr_t)op, true);
 }
+
+/* --------------------------------------------------------------- cancel */
+
+cc_status cc_channel_cancel_op(cc_channel *ch, int64_t op, cc_reason reason)
+{
+    if (!ch || op <= 0 || (reason != CC_HOST_ABORT && reason != CC_CHANNEL_FAULTED))
+        return CC_E_INVALID_ARG;
+    return cc_cancel_one(ch, (uintptr_t)op, reason);
+}

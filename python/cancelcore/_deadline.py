@@ -3,10 +3,10 @@
 An operation begun with a deadline is filed in its host's heap; one daemon
 thread per host (started when the first deadline is filed, gone once the
 heap has stayed empty a while) sleeps until the earliest entry and, if that
-operation is still in flight and not canceled, faults its channel: the
-operation is canceled with ``CHANNEL_FAULTED``, as WWSAPI faults a channel
-whose timeout expires.  The adapters give every call a channel of its own,
-so that fault reaches exactly one operation.
+operation is still in flight and not canceled, cancels it with
+``CHANNEL_FAULTED`` (``cc_channel_cancel_op``), as WWSAPI faults a channel
+whose timeout expires -- that operation alone: its channel and the other
+operations on it go on.
 
 An operation that ends before its deadline is not looked up to be removed
 (that would cost every end a lock): its entry stays until it falls due and
@@ -26,7 +26,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _operation
-from ._errors import CancelCoreError
+from ._cancelcore import lib
+from ._operation import reraise_interrupts
 
 if TYPE_CHECKING:
     from ._host import Channel
@@ -35,7 +36,12 @@ if TYPE_CHECKING:
 __all__ = ["DeadlineTimer", "check_deadline"]
 
 _IDLE_SECONDS = 10.0  # an empty heap this long: the thread exits
+_COMPACT_MIN = 1024
+_heappush = heapq.heappush
 _monotonic = time.monotonic
+_ref = weakref.ref
+_FAULTED = lib.CC_CHANNEL_FAULTED
+_INF = math.inf
 
 # (when, seq, context, handle, channel): seq keeps equal deadlines ordered
 # without ever comparing the references.  The channel is held: its user may
@@ -46,6 +52,8 @@ _Entry = tuple[float, int, "weakref.ref[OperationContext]", int, "Channel"]
 def check_deadline(value: Any) -> Optional[float]:
     """A ``time.monotonic()`` value or None: TypeError for a non-number
     (bools too), ValueError for NaN.  ``inf`` means no deadline."""
+    if type(value) is float and value < _INF:  # the usual case: monotonic() + seconds
+        return value
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -62,34 +70,44 @@ def check_deadline(value: Any) -> Optional[float]:
 class DeadlineTimer:
     """The deadlines of one host's operations."""
 
-    __slots__ = ("_b", "_cond", "_heap", "_seq", "_thread", "expired", "__weakref__")
+    __slots__ = ("_b", "_lock", "_cond", "_heap", "_seq", "_thread", "_wake_at", "_compact_at",
+                 "expired", "__weakref__")
 
     def __init__(self, b: Binding) -> None:
         self._b = b
-        self._cond = threading.Condition(threading.Lock())
+        # Filing takes the bare lock (a C call); the thread sleeps on the
+        # condition over it, woken only for an entry sooner than its sleep.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._thread: Optional[threading.Thread] = None
+        self._wake_at = _INF  # when the thread wakes by itself: sooner entries notify it
+        self._compact_at = _COMPACT_MIN  # heap size that triggers the next compaction
         self.expired = 0  # operations canceled by their deadline
         _timers.add(self)
 
     def add(self, ctx: OperationContext, h: int, channel: Channel, when: float) -> None:
-        entry = (when, next(self._seq), weakref.ref(ctx), h, channel)
-        with self._cond:
+        entry = (when, next(self._seq), _ref(ctx), h, channel)
+        with self._lock:
             heap = self._heap
-            if len(heap) > 64 and len(heap) > 2 * len(self._b.ops):
-                self._compact()
-            heapq.heappush(heap, entry)
+            if len(heap) >= self._compact_at:
+                heap = self._compact()
+            _heappush(heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="cancelcore-deadlines", daemon=True
                 )
                 self._thread.start()
-            elif heap[0] is entry:  # sooner than the thread sleeps for
+            elif when < self._wake_at:
+                # Waking the thread costs this one the GIL: only when due
+                # sooner than it already wakes.
+                self._wake_at = when
                 self._cond.notify()
 
-    def _compact(self) -> None:
-        """Drops the entries of operations that ended (lock held)."""
+    def _compact(self) -> list[_Entry]:
+        """Drops the entries of operations that ended (lock held): at twice
+        the size left, so its cost is spread over as many filings."""
         live = []
         for entry in self._heap:
             ctx = entry[2]()
@@ -97,19 +115,25 @@ class DeadlineTimer:
                 live.append(entry)
         heapq.heapify(live)
         self._heap = live
+        self._compact_at = max(_COMPACT_MIN, 2 * len(live))
+        return live
 
     def _run(self) -> None:
         cond = self._cond
         with cond:
             while True:
                 heap = self._heap
+                now = _monotonic()
                 if not heap:
+                    self._wake_at = now + _IDLE_SECONDS
                     if not cond.wait(_IDLE_SECONDS) and not self._heap:
                         self._thread = None
+                        self._wake_at = _INF
                         return
                     continue
-                delay = heap[0][0] - _monotonic()
+                delay = heap[0][0] - now
                 if delay > 0:
+                    self._wake_at = heap[0][0]
                     cond.wait(delay)
                     continue
                 _, _, ctx_ref, h, channel = heapq.heappop(heap)
@@ -127,18 +151,21 @@ class DeadlineTimer:
         if _operation._finalizing:
             return
         try:
-            channel.fault()
-        except CancelCoreError:
-            return  # the channel or host closed meanwhile: the op is ending
+            status = lib.cc_channel_cancel_op(channel._ptr, h, _FAULTED)
+            reraise_interrupts()  # one a callback raised here: nobody to get it
         except BaseException:  # a signal on this daemon thread: drop it
             return
-        self.expired += 1
+        if status == 0:  # else: its end began meanwhile
+            self.expired += 1
 
     def _after_fork(self) -> None:
         # The parent's thread is not in the child, nor are its operations.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap = []
         self._thread = None
+        self._wake_at = _INF
+        self._compact_at = _COMPACT_MIN
 
 
 _timers: weakref.WeakSet[DeadlineTimer] = weakref.WeakSet()

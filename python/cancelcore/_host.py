@@ -485,11 +485,10 @@ class Channel:
         closed.
 
         ``deadline`` (a ``time.monotonic()`` value): if the operation is
-        still running then, this channel is faulted, canceling it with
-        ``CHANNEL_FAULTED`` as WWSAPI faults a channel whose timeout
-        expires -- so an operation with a deadline wants a channel of its
-        own, as the adapters give each call.  The host's one timer thread
-        keeps every deadline: none costs a thread or a task."""
+        still running then, it is canceled with ``CHANNEL_FAULTED``, as
+        WWSAPI faults a channel whose timeout expires -- the operation
+        alone: the channel and its other operations go on.  The host's one
+        timer thread keeps every deadline: none costs a thread or a task."""
         if deadline is not None:
             deadline = check_deadline(deadline)
         h = _begin(self._ptr)
@@ -510,7 +509,7 @@ class Channel:
         ctx._deadline = deadline
         b.ops[h] = _weakref(ctx)
         if deadline is not None:
-            self._host._deadlines().add(ctx, h, self, deadline)
+            (self._host._timer or self._host._deadlines()).add(ctx, h, self, deadline)
         if b.early:  # canceled before it was filed
             b.early_cancel(h, ctx)
         if _interrupts:
@@ -527,6 +526,17 @@ class Channel:
         reraise_interrupts()
         if status:
             raise_status(status, "fault a channel whose host was closed")
+
+    def _cancel_operation(self, ctx: OperationContext, reason: int = lib.CC_CHANNEL_FAULTED) -> None:
+        """Library plumbing: cancels ``ctx`` (an operation of this channel)
+        alone, as a fault of the channel would cancel it, leaving the
+        channel and its other operations alone; its callbacks run on this
+        thread before it returns.  Nothing if it ended meanwhile, or was
+        canceled already (the first reason stays, G6)."""
+        h = ctx._h
+        if h and not self._b.freed:
+            lib.cc_channel_cancel_op(self._ptr, h, reason)
+            reraise_interrupts()
 
     def close(self) -> None:
         """Closes the channel to new operations.  Its in-flight operations

@@ -247,7 +247,10 @@ class Binding:
                         if stage == 1:
                             failure = None
                             if what & _RUN_USER:
-                                reg = _registration(ctx, values[i + 1])
+                                key = values[i + 1]
+                                reg = ctx._reg if ctx is not None else None
+                                if reg is None or id(reg) != key:
+                                    reg = _registration(ctx, key)
                                 if reg is not None:
                                     try:
                                         reg[0](reason, reg[2])
@@ -484,11 +487,22 @@ class OperationContext:
             if h not in b.ops:
                 b.deferred.pop(h, None)
         else:
+            # Binding.run_free_state and Binding.done, inlined: this is the
+            # path every operation takes.
             try:
                 if r:
-                    b.run_free_state(_registration(self, r), self)
+                    reg = self._reg
+                    if reg is None or id(reg) != r:
+                        reg = _registration(self, r)
+                    if reg is not None and reg[1] is not None:
+                        try:
+                            reg[1](reg[2])
+                        except BaseException as exc:  # G13
+                            _callback_failed(exc, b, self, "free_state")
             finally:  # completed, even if a signal lands here (close waits)
-                b.done(h)
+                b.ops.pop(h, None)
+                if b.closing:
+                    b.wake()
         if _interrupts:
             reraise_interrupts()
 

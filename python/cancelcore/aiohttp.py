@@ -1,12 +1,12 @@
 """aiohttp: client disconnects and server shutdown as call cancellation.
 
 ``setup(app)`` installs a middleware and shutdown hooks on an
-``aiohttp.web.Application``.  Each request runs as an operation on a channel
-of its own, so:
+``aiohttp.web.Application``.  Each request runs as an operation of the
+adapter's host, so:
 
-- the client disconnecting before the response is complete faults that
-  channel: the request's cancel callbacks fire once with ``CHANNEL_FAULTED``
-  and its handler is cancelled, whatever the server's
+- the client disconnecting before the response is complete cancels that
+  request alone, as a fault of a channel of its own would: its cancel
+  callbacks fire once with ``CHANNEL_FAULTED`` and its handler is cancelled, whatever the server's
   ``handler_cancellation`` says (``web.StreamResponse`` handlers too);
 - a request that completes fires no cancel; its free-state callback runs
   once, after the handler has finished;
@@ -97,9 +97,10 @@ class _Request:
         self.cancel_sent = False
 
     def gone(self) -> None:
-        """The client's connection is lost (on the loop)."""
+        """The client's connection is lost (on the loop): this request
+        alone is canceled (CHANNEL_FAULTED)."""
         if not self.finished:
-            _adapters.fault(self.channel)
+            _adapters.cancel(self.channel, self.ctx)
 
     def canceled(self) -> None:
         """The operation was canceled (any thread): cancel the handler."""
@@ -116,20 +117,16 @@ class _Request:
 class _Adapter:
     def __init__(self, host: ServiceHost) -> None:
         self.host = host
+        self.calls = _adapters.CallChannel(host)
         self.closing: Optional[asyncio.Future[bool]] = None  # the host's close, once begun
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            channel = self.host.accept_channel()
-        except CancelCoreError:
-            return _unavailable()
-        try:
             # The caller's deadline (DESIGN 4.4); a malformed one is ignored.
-            ctx = channel.begin_operation(deadline=_adapters.deadline_from_header(
+            channel, ctx = self.calls.begin(_adapters.deadline_from_header(
                 request.headers.get(_adapters.DEADLINE_HEADER)))
         except CancelCoreError:
-            channel.close()
             return _unavailable()
         task = asyncio.current_task()
         assert task is not None
@@ -187,7 +184,6 @@ class _Adapter:
             try:
                 _adapters.end(ctx)
             finally:
-                channel.close()
                 if rq.cancel_sent:
                     # Our cancel was absorbed by the handler: the task goes
                     # on serving this connection without it pending.

@@ -2,12 +2,12 @@
 
 ``CancellationMiddleware`` wraps any ASGI 3 application, under any ASGI
 server, on asyncio or trio.  Each HTTP request (and each websocket
-connection) runs as an operation on a channel of its own, so:
+connection) runs as an operation of the middleware's host, so:
 
-- the client disconnecting before the response is complete faults that
-  channel: the request's cancel callbacks fire once with ``CHANNEL_FAULTED``
-  and its handler is cancelled once (a disconnect delivered twice fires
-  nothing twice: G1);
+- the client disconnecting before the response is complete cancels that
+  request alone, as a fault of a channel of its own would: its cancel
+  callbacks fire once with ``CHANNEL_FAULTED`` and its handler is cancelled
+  once (a disconnect delivered twice fires nothing twice: G1);
 - a request that completes normally fires no cancel, and its free-state
   callback runs once when it ends -- never before its handler (task or
   worker thread) has finished;
@@ -145,15 +145,20 @@ class _Request:
 
     # ------------------------------------------------------------ messages
 
+    def fault(self) -> None:
+        """Cancels this request alone (CHANNEL_FAULTED; idempotent: a second
+        disconnect is a no-op), unless it has ended."""
+        _adapters.cancel(self.channel, self.ctx)
+
     def _arrived(self, message: Message) -> bool:
-        """Notes a server message; True for the disconnect, which faults the
-        request's channel unless the response was complete."""
+        """Notes a server message; True for the disconnect, which cancels
+        the request unless the response was complete."""
         kind = message["type"]
         if kind != "http.disconnect" and kind != "websocket.disconnect":
             return False
         self.disconnected = True
         if not self.response_complete:
-            self.channel.fault()  # idempotent: a second disconnect is a no-op
+            self.fault()
         return True
 
     def _disconnect_message(self) -> Message:
@@ -253,7 +258,7 @@ class _Request:
             if not self.finished:
                 self.disconnected = True
                 if not self.response_complete:
-                    self.channel.fault()
+                    self.fault()
             self._wake()
 
     # ------------------------------------------------------------- delivery
@@ -372,6 +377,7 @@ class CancellationMiddleware:
             raise TypeError("host must be a ServiceHost or None")
         self.app = app
         self.host = host
+        self._calls = _adapters.CallChannel(host)
         self._by_disconnect = deliver == "disconnect" or (deliver == "auto" and _is_django(app))
         self._watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watcher] = (
             weakref.WeakKeyDictionary())
@@ -404,10 +410,6 @@ class CancellationMiddleware:
         return watcher
 
     def _begin(self, scope: Scope) -> Optional[tuple[Any, OperationContext]]:
-        try:
-            channel = self.host.accept_channel()
-        except CancelCoreError:
-            return None
         # The caller's deadline (cancelcore-deadline-ms; DESIGN 4.4): a
         # malformed one is ignored, never an error.  ASGI header names are
         # lower-case bytes.
@@ -417,9 +419,8 @@ class CancellationMiddleware:
                 deadline = _adapters.deadline_from_header(value)
                 break
         try:
-            return channel, channel.begin_operation(deadline=deadline)
+            return self._calls.begin(deadline)
         except CancelCoreError:
-            channel.close()
             return None
 
     # ------------------------------------------------------------- asyncio
@@ -482,7 +483,6 @@ class CancellationMiddleware:
                 pump.cancel()
             reason = ctx.cancel_reason
             ctx.end()
-            channel.close()
             # The context keeps our hook, the hook keeps us: without this
             # cut every request would be a reference cycle, and the garbage
             # collector's passes would cost more than the rest of the adapter.
@@ -496,11 +496,11 @@ class CancellationMiddleware:
         """The server cancelled the request's task itself.  When it is
         stopping (known from serve(), a lifespan shutdown or the host's own
         state, never from a message's text) that is the host's abort (G7);
-        otherwise only this request's channel faults."""
+        otherwise only this request is canceled (CHANNEL_FAULTED)."""
         if self.stopping or self.host.state != HostState.OPEN:
             self.host.abort()
         else:
-            request.channel.fault()
+            request.fault()
 
     async def _after(self, request: _Request, reason: Optional[CancelReason], server_cancel: bool) -> None:
         # Cut by the host (shutdown, abort) while its client still waits:
@@ -560,7 +560,6 @@ class CancellationMiddleware:
             _current.reset(token)
             reason = ctx.cancel_reason
             ctx.end()
-            channel.close()
             # The context keeps our hook, the hook keeps us: without this
             # cut every request would be a reference cycle, and the garbage
             # collector's passes would cost more than the rest of the adapter.
@@ -587,7 +586,7 @@ class CancellationMiddleware:
             if not request.finished:
                 request.disconnected = True
                 if not request.response_complete:
-                    request.channel.fault()
+                    request.fault()
             request._wake()
 
     # ------------------------------------------------------------ lifespan

@@ -3,11 +3,12 @@
 ``CancellationInterceptor`` (for ``grpc.server``) and
 ``AioCancellationInterceptor`` (for ``grpc.aio.server``) run every RPC --
 unary or streaming requests and responses, sync or async handlers -- as an
-operation on a channel of its own, so:
+operation of the interceptor's host, so:
 
-- the client cancelling the call, or its deadline expiring, faults that
-  RPC's channel: its cancel callbacks fire once with ``CHANNEL_FAULTED``
-  and an async handler's task is cancelled;
+- the client cancelling the call, or its deadline expiring, cancels that
+  RPC alone, as a fault of a channel of its own would: its cancel callbacks
+  fire once with ``CHANNEL_FAULTED`` and an async handler's task is
+  cancelled;
 - an RPC that completes fires no cancel, and its free-state callback runs
   once, after the handler (or its response generator) has finished;
 - ``.stop(server, grace)`` closes the host with ``grace`` as its close
@@ -159,9 +160,9 @@ def _call_with(ctx: OperationContext, fn: Callable[..., T], *args: Any) -> T:
 
 
 class _FaultWorker:
-    """One thread per interceptor that faults the channels of RPCs gRPC has
+    """One thread per interceptor that cancels the RPCs gRPC has
     terminated.  gRPC runs its termination callbacks on its single poller
-    thread; handing the fault (and so the user's cancel callbacks) to this
+    thread; handing the cancel (and so the user's cancel callbacks) to this
     thread keeps a slow callback from stalling every RPC of the server."""
 
     def __init__(self) -> None:
@@ -195,7 +196,7 @@ class _FaultWorker:
 class _SyncRpc:
     """One RPC on the threaded server."""
 
-    __slots__ = ("channel", "ctx", "worker", "deadline", "finished", "closed", "lock", "reason")
+    __slots__ = ("channel", "ctx", "worker", "deadline", "finished", "reason")
 
     def __init__(self, channel: Channel, ctx: OperationContext, worker: _FaultWorker,
                  deadline: Optional[float]) -> None:
@@ -204,11 +205,7 @@ class _SyncRpc:
         self.worker = worker
         self.deadline = deadline  # the RPC's, as a time.monotonic() value
         self.finished = False
-        self.closed = False
         self.reason: Optional[CancelReason] = None  # read as it ends
-        # Faulting (worker thread) and closing (handler thread) the channel
-        # must not interleave: a closed channel's memory is released.
-        self.lock = threading.Lock()
 
     def terminated(self) -> None:
         """gRPC's termination callback, on its poller thread.  It fires for
@@ -219,9 +216,9 @@ class _SyncRpc:
             self.worker.put(self)
 
     def fault(self) -> None:
-        with self.lock:
-            if not self.closed:
-                _adapters.fault(self.channel)
+        """Cancels this RPC alone (CHANNEL_FAULTED), from any thread: once
+        it has ended, the core refuses its stale handle (G10)."""
+        _adapters.cancel(self.channel, self.ctx)
 
     def finish(self, context: Any) -> None:
         """The handler has finished: the operation ends (a running cancel
@@ -234,16 +231,13 @@ class _SyncRpc:
             self.fault()
         self.reason = _reason(self.ctx)
         _adapters.end(self.ctx)
-        with self.lock:
-            self.closed = True
-            self.channel.close()
 
 
 def _sync_requests(rpc: _SyncRpc, requests: Iterator[Any], context: Any) -> Iterator[Any]:
     """The request stream a threaded-server handler reads.  gRPC may end
     the request stream of a canceled RPC as if the client had half-closed
     it, just before it learns of the cancel: at the end the reader lets
-    gRPC's poller run, then faults the channel of an RPC no longer active,
+    gRPC's poller run, then cancels an RPC no longer active,
     before the handler takes the end for a normal one."""
     yield from requests
     time.sleep(0)
@@ -262,6 +256,7 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, host: Optional[ServiceHost] = None, close_timeout: float = 5.0) -> None:
         self.host = _adapters.adapter_host(host, close_timeout)
+        self._calls = _adapters.CallChannel(self.host)
         self._worker = _FaultWorker()
         self._handlers = _HandlerCache(self._wrap)
 
@@ -303,18 +298,12 @@ class CancellationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _method_handler(handler, functools.partial(self._unary, behavior, streaming_in))
 
     def _begin(self, context: Any) -> _SyncRpc:
+        deadline = _rpc_deadline(context)
         try:
-            channel = self.host.accept_channel()
+            channel, ctx = self._calls.begin(deadline)
         except CancelCoreError:
             context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
             raise  # not reached: abort raises
-        deadline = _rpc_deadline(context)
-        try:
-            ctx = channel.begin_operation(deadline=deadline)
-        except CancelCoreError:
-            channel.close()
-            context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
-            raise
         rpc = _SyncRpc(channel, ctx, self._worker, deadline)
         if not context.add_callback(rpc.terminated):
             # gRPC refuses callbacks once the RPC has terminated: it was
@@ -428,7 +417,8 @@ class _AioRpc:
     once.  A cancel of the operation from elsewhere (the host's abort)
     cancels the task only while the handler's code runs, never gRPC's own
     code around it.  A sync handler runs on a worker thread that the task
-    awaits shielded, and is waited for."""
+    awaits shielded, and is waited for.  "Faults" below: cancels this RPC
+    alone with CHANNEL_FAULTED, as a fault of a channel of its own would."""
 
     __slots__ = ("channel", "ctx", "loop", "task", "pending", "guarding", "cancel_sent",
                  "finished", "gone", "reason")
@@ -468,7 +458,7 @@ class _AioRpc:
         server stop not made through the interceptor."""
         self.cancel_sent = True
         self.gone = True
-        _adapters.fault(self.channel)
+        _adapters.cancel(self.channel, self.ctx)
 
     def done(self, _context: Any) -> None:
         """gRPC's done callback: the RPC is over.  Before the handler has
@@ -476,12 +466,12 @@ class _AioRpc:
         client left while gRPC was writing a streamed response)."""
         if not self.finished:
             self.gone = True
-            _adapters.fault(self.channel)
+            _adapters.cancel(self.channel, self.ctx)
 
     def unanswered(self) -> bool:
         """Nobody waits for this RPC's answer: gRPC has terminated it, or
         its deadline (the client's, which gRPC enforces at that same moment)
-        faulted it -- nothing else faults an adapter's channel."""
+        faulted it -- nothing else cancels an adapter's call that way."""
         return self.gone or _reason(self.ctx) is _FAULTED
 
     def guard(self, coro: Any) -> _Guard:
@@ -504,7 +494,6 @@ class _AioRpc:
             _uncancel(self.task)  # the task goes on (to send a status) without it pending
         self.reason = _reason(self.ctx)
         _adapters.end(self.ctx)
-        self.channel.close()
 
 
 class _Guard:
@@ -660,6 +649,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             if max_workers < 1:
                 raise ValueError("max_workers must be >= 1")
         self.host = _adapters.adapter_host(host, close_timeout)
+        self._calls = _adapters.CallChannel(self.host)
         self._max_workers = max_workers
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
@@ -719,16 +709,10 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
     async def _begin(self, context: Any) -> _AioRpc:
         try:
-            channel = self.host.accept_channel()
+            channel, ctx = self._calls.begin(_rpc_deadline(context))
         except CancelCoreError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
             raise  # not reached: abort raises
-        try:
-            ctx = channel.begin_operation(deadline=_rpc_deadline(context))
-        except CancelCoreError:
-            channel.close()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _CLOSED_DETAILS)
-            raise
         rpc = _AioRpc(channel, ctx, asyncio.get_running_loop())
         context.add_done_callback(rpc.done)
         return rpc

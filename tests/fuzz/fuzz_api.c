@@ -164,7 +164,7 @@ enum {
     A_NONE, A_END_SELF, A_END_OTHER, A_FAULT_OWN, A_FAULT_CH, A_ABORT_OWN, A_ABORT_HOST,
     A_REG_OTHER, A_BEGIN, A_BEGIN_W, A_READ_OTHER, A_READ_SELF, A_REG_SELF, A_CLOSE_OWN,
     A_CLOSE_HOST, A_REPORT, A_STATS, A_SHUT_CH, A_END_SELF_TWICE, A_OPEN_HOST, A_RESET_HOST,
-    A_SHUT_OWN_CH, A_CLOSE_OWN_CH, A_CLOSE_CH, A_COUNT
+    A_SHUT_OWN_CH, A_CLOSE_OWN_CH, A_CLOSE_CH, A_CANCEL_SELF, A_CANCEL_OTHER, A_COUNT
 };
 
 enum { REG_PENDING, REG_OK, REG_FAILED };
@@ -246,9 +246,9 @@ typedef struct {
 
 enum { CL_C, CL_NOTICE, CL_G3 };
 
-enum { PH_CHAN, PH_ABORT, PH_ENDCANCEL, PH_G3, PH_FINISH, PH_ENDVISIT };
+enum { PH_CHAN, PH_ABORT, PH_ENDCANCEL, PH_G3, PH_FINISH, PH_ENDVISIT, PH_ONE };
 static const char *const ph_name[] = {"channel fault", "host abort", "cancel at end", "G3 run",
-                                      "finish", "END visit"};
+                                      "finish", "END visit", "one op's cancel"};
 
 /* parent: -1 for a phase planned when the call began; else the phase during
  * whose run it was inserted (a deferred end's finish), which it precedes. */
@@ -467,6 +467,9 @@ static void apply_phase(frame *f, int p)
                 mark(x, CC_CHANNEL_FAULTED, f, p);
         break;
     }
+    case PH_ONE: /* cc_channel_cancel_op: the op alone, as a fault marks it */
+        mark(ph->arg, ph->reason, f, p);
+        break;
     case PH_ABORT: {
         mhost *H = &g_hosts[ph->arg];
         if (H->state == CC_HOST_STATE_OPEN)
@@ -775,7 +778,7 @@ static void cancel_cb(cc_reason reason, void *state)
     EXPECT(!o->end_begun || endpoint, "op%d's cancel callback started after its end began (G5)", x);
     int cp = o->claim_phase;
     int pk = f->ph[cp].kind;
-    if (pk == PH_CHAN || pk == PH_ABORT)
+    if (pk == PH_CHAN || pk == PH_ABORT || pk == PH_ONE)
         o->timed++;
     o->invoked = true;
     o->cancel_runs++;
@@ -936,7 +939,7 @@ static void binding_fn(void *arg, const cc_notice *n, size_t count)
         if (bits & CC_NOTICE_CANCELED) {
             EXPECT(o->notices == 0, "op%d was told CANCELED twice", x);
             o->notices++;
-            if (pk == PH_CHAN || pk == PH_ABORT)
+            if (pk == PH_CHAN || pk == PH_ABORT || pk == PH_ONE)
                 o->timed++;
         }
         if (user) {
@@ -1365,6 +1368,48 @@ static void do_channel_fault(int c)
     EXPECT_ST("cc_channel_fault", st, want);
 }
 
+/* cc_channel_cancel_op: the op's own channel, another channel (refused),
+ * or a stale handle (refused, G10). */
+static void do_cancel_op(tgt t, unsigned b)
+{
+    cc_reason reason = (b & 1) ? CC_CHANNEL_FAULTED : CC_HOST_ABORT;
+    if (b & 0x40) { /* argument errors first: nothing changes */
+        int64_t v = t.kind == T_NULL ? 1 : (int64_t)(intptr_t)t.h;
+        trace("cc_channel_cancel_op with a bad argument");
+        EXPECT_ST("cc_channel_cancel_op(NULL, ...)", cc_channel_cancel_op(NULL, v, reason),
+                  CC_E_INVALID_ARG);
+        int c = pick_chan(b >> 1);
+        if (c >= 0) {
+            EXPECT_ST("cc_channel_cancel_op(ch, 0, ...)", cc_channel_cancel_op(g_chans[c].c, 0, reason),
+                      CC_E_INVALID_ARG);
+            EXPECT_ST("cc_channel_cancel_op(ch, op, NOT_CANCELED)",
+                      cc_channel_cancel_op(g_chans[c].c, v, CC_NOT_CANCELED), CC_E_INVALID_ARG);
+        }
+        return;
+    }
+    if (t.kind == T_NULL)
+        return;
+    int x = t.idx;
+    mop *o = t.kind == T_REC ? &g_ops[x] : NULL;
+    int c = o ? o->ch : pick_chan(b >> 1);
+    bool own = o != NULL;
+    if ((b & 0x20) || c < 0 || !g_chans[c].c) {
+        c = pick_chan(b >> 1); /* some other channel, whose handle is still held */
+        own = o && c == o->ch;
+    }
+    if (c < 0 || !g_chans[c].c)
+        return;
+    cc_status want = own && live(t) && !o->end_begun ? CC_OK : CC_E_INVALID_OPERATION;
+    trace("cc_channel_cancel_op(chan%d, %s, %s) -> %s", c, tname(t),
+          reason == CC_HOST_ABORT ? "HOST_ABORT" : "CHANNEL_FAULTED", cc_status_str(want));
+    frame *f = push_frame("cc_channel_cancel_op", -1);
+    if (want == CC_OK)
+        add_phase(f, PH_ONE, x, reason);
+    cc_status st = cc_channel_cancel_op(g_chans[c].c, (int64_t)(intptr_t)t.h, reason);
+    pop_frame();
+    EXPECT_ST("cc_channel_cancel_op", st, want);
+}
+
 static void do_channel_close(int c)
 {
     trace("cc_channel_close(chan%d)", c);
@@ -1701,6 +1746,12 @@ static void run_action(act a, int self, bool in_cancel)
     case A_ABORT_OWN:
         do_abort(o->host);
         break;
+    case A_CANCEL_SELF:
+        do_cancel_op(rec_tgt(self), a.arg & 0x9f);
+        break;
+    case A_CANCEL_OTHER:
+        do_cancel_op(pick_op(a.arg), a.arg);
+        break;
     case A_ABORT_HOST:
         do_abort(pick_host(a.arg));
         break;
@@ -1913,7 +1964,7 @@ static void sweep(void)
 
 static void step(void)
 {
-    unsigned opc = u8() % 25;
+    unsigned opc = u8() % 26;
     switch (opc) {
     case 0:
         do_create(u8());
@@ -2014,6 +2065,11 @@ static void step(void)
     case 23:
         null_battery();
         break;
+    case 25: {
+        unsigned b = u8();
+        do_cancel_op(pick_op(u8()), b);
+        break;
+    }
     }
 }
 

@@ -33,7 +33,9 @@
  *       once and only for a registration that succeeds, never after an end
  *       returned; a free-state is due (end's key or ENDED|FREE_DUE) exactly
  *       once per successful registration with one;
- *   stats agree with the callbacks and notices counted.
+ *   stats agree with the callbacks and notices counted;
+ *   cc_channel_cancel_op: refused on another channel and once the end
+ *       returned; counted as any cancel.
  * The old known bugs stale_per_thread and g3_vs_end are fixed in the core:
  * both are checked strictly.
  */
@@ -74,6 +76,7 @@ typedef struct {
 typedef struct {
     _Atomic(cc_op *) h;
     bool watched;               /* set before h is published */
+    int ch;                     /* its channel's index, likewise */
     atomic_int notices;         /* CANCELED notices */
     atomic_int ok_ends, ok_regs, ended_in_cb;
     atomic_int end_returned;    /* a cc_op_end from outside its callbacks returned CC_OK */
@@ -371,6 +374,7 @@ static void act_begin(unsigned b, bool watched)
     cc_op *h = NULL;
     cc_status st;
     g_ops[k].watched = watched;
+    g_ops[k].ch = (int)(b % NCH);
     if (watched) {
         int64_t v = cc_op_begin_watched(ch);
         st = v > 0 ? CC_OK : (cc_status)v;
@@ -394,6 +398,33 @@ static void act_fault(unsigned b)
     EXPECT(st == CC_OK, "cc_channel_fault returned %s", cc_status_str(st));
 }
 
+/* cc_channel_cancel_op on the op's own channel (CC_OK, or stale once its
+ * end began) or on another (refused: CC_E_INVALID_OPERATION). */
+static void act_cancel_op(int k, unsigned b)
+{
+    if (k < 0)
+        return;
+    mop *o = &g_ops[k];
+    cc_op *h = atomic_load(&o->h);
+    if (!h)
+        return;
+    atomic_store(&g_fault_started, 1); /* another canceller: G7 no longer checked */
+    cc_reason reason = (b & 1) ? CC_CHANNEL_FAULTED : CC_HOST_ABORT;
+    bool other = (b & 6) == 6;
+    cc_channel *ch = g_ch[(o->ch + (other ? 1 : 0)) % NCH];
+    /* Read before: the callback this call runs may end the op itself. */
+    int ended_before = atomic_load(&o->ok_ends);
+    cc_status st = cc_channel_cancel_op(ch, hv(h), reason);
+    EXPECT(st == CC_OK || st == CC_E_INVALID_OPERATION, "cc_channel_cancel_op returned %s",
+           cc_status_str(st));
+    if (other)
+        EXPECT(st == CC_E_INVALID_OPERATION, "cc_channel_cancel_op on another channel returned %s",
+               cc_status_str(st));
+    else if (ended_before) /* (if not: an end racing may have begun, either status) */
+        EXPECT(st == CC_E_INVALID_OPERATION, "cc_channel_cancel_op of op%d after its end "
+               "returned gave %s (G10)", k, cc_status_str(st));
+}
+
 static void act_abort(void)
 {
     atomic_fetch_add(&g_abort_started, 1); /* counts aborts begun */
@@ -414,8 +445,9 @@ static void *helper(void *arg)
 {
     script *s = arg;
     while (s->i < s->n) {
-        unsigned op = next(s) % 6, b = next(s);
+        unsigned op = next(s) % 7, b = next(s);
         switch (op) {
+        case 6: act_cancel_op(pick(b), b >> 4); break;
         case 0: act_abort(); break;
         case 1: act_fault(b); break;
         case 2: act_end(pick(b)); break;
@@ -430,8 +462,9 @@ static void *helper(void *arg)
 static void main_script(script *s)
 {
     while (s->i < s->n) {
-        unsigned op = next(s) % 8, b = next(s);
+        unsigned op = next(s) % 9, b = next(s);
         switch (op) {
+        case 8: act_cancel_op(pick(b), b >> 4); break;
         case 0: act_begin(b, false); break;
         case 1: act_register(pick(b), next(s)); break;
         case 2: act_end(pick(b)); break;
