@@ -89,7 +89,7 @@ test-c-asan:
 test-c-tsan:
 	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
 
-bench: bench-c bench-py bench-asgi
+bench: bench-c bench-py bench-asgi bench-rpc bench-httpx
 
 # Also builds the cffi module twice more, against the limited API (as in the
 # wheel) and the full API, for shape 6: what the stable ABI costs.
@@ -124,6 +124,7 @@ demo: venv
 bench-rpc: venv
 	$(VENV)/bin/python bench/bench_grpc.py
 	$(VENV)/bin/python bench/bench_aiohttp.py
+	$(VENV)/bin/python bench/bench_grpc_propagation.py
 
 # cancel propagation down multi-process chains of services (issue 10)
 .PHONY: bench-chain

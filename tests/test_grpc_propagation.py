@@ -643,6 +643,33 @@ def test_aio_already_canceled_operation_starts_no_call(leaf: Hop, local_host: Se
     assert leaf.host.stats["ops_begun"] == 0  # never sent
 
 
+def test_finished_calls_leave_no_hook_on_their_operation(leaf: Hop, local_host: ServiceHost) -> None:
+    """An operation making many calls keeps no hook per finished call:
+    blocking, future and streaming (sync), and aio calls."""
+    channel = grpc.intercept_channel(leaf.channel, ccgrpc.client_interceptor())
+    ctx = local_host.accept_channel().begin_operation()
+    token = cancelcore._operation._current.set(ctx)
+    try:
+        for i in range(10):
+            key = f"quick-h{i}".encode()
+            assert channel.unary_unary(UNARY)(key) == key
+            assert channel.unary_unary(UNARY).future(key).result(WAIT) == key
+        assert not ctx._hooks
+
+        async def calls() -> None:
+            async with grpc.aio.insecure_channel(f"{HOST}:{leaf.port}",
+                                                 interceptors=ccgrpc.aio_client_interceptor()) as aio:
+                for i in range(10):
+                    key = f"quick-a{i}".encode()
+                    assert await aio.unary_unary(UNARY)(key) == key
+
+        asyncio.run(calls())
+        assert not ctx._hooks
+    finally:
+        cancelcore._operation._current.reset(token)
+        ctx.end()
+
+
 def test_ended_operation_is_no_operation(leaf: Hop, local_host: ServiceHost) -> None:
     channel = grpc.intercept_channel(leaf.channel, ccgrpc.client_interceptor())
     op_channel = local_host.accept_channel()

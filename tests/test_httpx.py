@@ -268,6 +268,35 @@ def test_cancel_after_the_response_touches_nothing(
     client.close()
 
 
+def test_finished_calls_leave_no_hook_on_their_operation(
+        down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
+    """An operation making many calls (a websocket's, a batch job's) keeps
+    no hook per finished call, sync or async: only an unfinished one."""
+    ds, srv = down
+    ctx = host.accept_channel().begin_operation()
+    token = _current.set(ctx)
+    try:
+        with httpx.Client(transport=HTTPTransport(), timeout=20) as client:
+            for i in range(20):
+                assert client.get(f"{srv.url}/info/h{i}").status_code == 200
+            assert not ctx._hooks
+            with client.stream("GET", f"{srv.url}/info/hs") as response:
+                assert len(ctx._hooks or []) == 1  # its body is still to read
+                response.read()
+            assert not ctx._hooks
+
+        async def calls() -> None:
+            async with httpx.AsyncClient(transport=AsyncHTTPTransport(), timeout=20) as client:
+                for i in range(20):
+                    assert (await client.get(f"{srv.url}/info/a{i}")).status_code == 200
+
+        asyncio.run(calls())
+        assert not ctx._hooks
+    finally:
+        _current.reset(token)
+        ctx.end()
+
+
 def test_canceled_while_reading_a_streamed_body(
         down: tuple[Downstream, LiveServer], host: ServiceHost) -> None:
     ds, srv = down

@@ -65,6 +65,8 @@ _from_handle = ffi.from_handle
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
+_hooks_lock = threading.Lock()  # adding and removing plumbing hooks (rare)
+
 _current: ContextVar[Optional[OperationContext]] = ContextVar(
     "cancelcore_current_operation", default=None
 )
@@ -454,12 +456,22 @@ class OperationContext:
         """Library plumbing: ``hook()`` runs when the operation is canceled,
         on the thread that canceled it (at once if it already was).  Hooks
         must be quick and idempotent: a race may run one twice."""
-        if self._hooks is None:
-            self._hooks = [hook]
-        else:
-            self._hooks.append(hook)
+        # Copy on write: a notice runs the list it read, whatever is added
+        # or removed meanwhile.
+        with _hooks_lock:
+            hooks = self._hooks
+            self._hooks = [hook] if hooks is None else [*hooks, hook]
         if self.canceled:
             hook()
+
+    def _remove_hook(self, hook: Callable[[], object]) -> None:
+        """Library plumbing: a hook no longer needed (its outgoing call has
+        finished), so an operation making many calls does not keep them."""
+        with _hooks_lock:
+            hooks = self._hooks
+            if hooks is not None:
+                kept = [h for h in hooks if h != hook]  # (a bound method: equal, not the same)
+                self._hooks = kept or None
 
     # ------------------------------------------------------------------ end
 

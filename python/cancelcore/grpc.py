@@ -928,12 +928,13 @@ class _Link:
     the call once the call is done, so an operation making many calls keeps
     a small object per call, not the calls and their responses."""
 
-    __slots__ = ("call", "cut", "loop")
+    __slots__ = ("call", "cut", "loop", "ctx")
 
     def __init__(self, call: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         self.call: Any = call
         self.cut = False  # the operation's cancel reached the call
         self.loop = loop
+        self.ctx: Optional[OperationContext] = None  # while the hook is on it
 
     def __call__(self) -> None:
         """The operation's hook (any thread, may run twice)."""
@@ -948,14 +949,18 @@ class _Link:
 
     def done(self, _call: Any = None) -> None:
         self.call = None
+        ctx, self.ctx = self.ctx, None
+        if ctx is not None:
+            ctx._remove_hook(self)
 
 
 def _link(ctx: OperationContext, call: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> _Link:
     link = _Link(call, loop)
+    link.ctx = ctx
+    ctx._add_hook(link)  # runs at once if the operation was canceled meanwhile
     add_done = getattr(call, "add_done_callback", None)
     if add_done is not None:
         add_done(link.done)  # at once for a call already done
-    ctx._add_hook(link)  # runs at once if the operation was canceled meanwhile
     return link
 
 

@@ -148,7 +148,9 @@ class _Call:
         with self.lock:
             self.done = True
             self.sock = None
-        self.ctx = None
+        ctx, self.ctx = self.ctx, None
+        if ctx is not None:
+            ctx._remove_hook(self.cancel)  # an operation may make many calls
 
     def fail(self) -> Optional[OperationCanceledError]:
         """The request failed: gives up its socket, and returns the error
