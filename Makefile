@@ -89,7 +89,7 @@ test-c-asan:
 test-c-tsan:
 	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
 
-bench: bench-c bench-py bench-asgi bench-rpc bench-httpx
+bench: bench-c bench-py bench-asgi bench-rpc bench-httpx bench-chain
 
 # Also builds the cffi module twice more, against the limited API (as in the
 # wheel) and the full API, for shape 6: what the stable ABI costs.
