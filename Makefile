@@ -57,6 +57,8 @@ test-py: venv
 	@echo "== Python suites on the newest interpreter: $$($(VENV)/bin/python -V) ($(PY_NEWEST)), wheel $$(cd $(WHEELS) && ls cancelcore-*.whl)"
 	$(VENV)/bin/python -m mypy --strict python/cancelcore
 	MYPYPATH=support $(VENV)/bin/python -m mypy --strict examples/service_demo.py examples/server_demo.py
+	MYPYPATH=support:examples/chain $(VENV)/bin/python -m mypy --strict examples/chain_demo.py \
+	  examples/chain/hop.py examples/chain/chainlib.py bench/bench_chain.py
 	$(VENV)/bin/python -m pytest -q tests
 	$(VENV)/bin/python tests/leak/valgrind_check.py $(VENV)/bin/python
 	@if [ "$$(realpath $(PY_OLDEST))" = "$$(realpath $(PY_NEWEST))" ]; then \
@@ -87,7 +89,7 @@ test-c-asan:
 test-c-tsan:
 	$(call ctest_flavour,tsan,-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCC_SANITIZE_THREAD=ON,CC_STRESS_SCALE=$(TSAN_SCALE) TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
 
-bench: bench-c bench-py bench-asgi bench-rpc bench-httpx
+bench: bench-c bench-py bench-asgi bench-rpc bench-httpx bench-chain
 
 # Also builds the cffi module twice more, against the limited API (as in the
 # wheel) and the full API, for shape 6: what the stable ABI costs.
@@ -115,6 +117,7 @@ demo: venv
 	$(VENV)/bin/python examples/service_demo.py
 	$(VENV)/bin/python examples/server_demo.py
 	$(VENV)/bin/python examples/grpc_demo.py
+	$(VENV)/bin/python examples/chain_demo.py
 
 # overhead of the gRPC interceptors and of the aiohttp adapter
 .PHONY: bench-rpc
@@ -122,6 +125,11 @@ bench-rpc: venv
 	$(VENV)/bin/python bench/bench_grpc.py
 	$(VENV)/bin/python bench/bench_aiohttp.py
 	$(VENV)/bin/python bench/bench_grpc_propagation.py
+
+# cancel propagation down multi-process chains of services (issue 10)
+.PHONY: bench-chain
+bench-chain: venv
+	$(VENV)/bin/python bench/bench_chain.py
 
 demo-c:
 	$(CMAKE) -S . -B $(BUILD)/demo -DCMAKE_BUILD_TYPE=Release -DCC_BUILD_TESTS=OFF -DCC_BUILD_BENCH=OFF

@@ -45,7 +45,20 @@ def test_server_demo_passes_its_checks() -> None:
     assert out.stdout.rstrip().endswith("result: OK")
 
 
+# The chain demo (issue 10): four processes, a client leaving, a deadline.
+def test_chain_demo_passes_its_checks() -> None:
+    for module in ("uvicorn", "starlette", "httpx", "grpc"):
+        pytest.importorskip(module)
+    out = _run("chain_demo.py", timeout=50)  # under the watchdog's 60 s
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = _checks(out.stdout)
+    assert len(checks) == 8 and all(line.startswith("  [ok]") for line in checks), checks
+    assert out.stdout.rstrip().endswith("result: OK")
+
+
 @pytest.mark.parametrize("script, args", [
+    ("chain_demo.py", ["--deadline-ms", "5"]),
+    ("chain_demo.py", ["--chain", "nope"]),
     ("service_demo.py", ["--plain", "--live"]),
     ("server_demo.py", ["--requests", "5"]),
     ("server_demo.py", ["--requests", "x"]),

@@ -528,8 +528,13 @@ class _Guard:
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         exc = val if val is not None else (typ() if isinstance(typ, type) else typ)
         rpc = self._rpc
-        if isinstance(exc, asyncio.CancelledError) and not rpc.cancel_sent:
-            rpc.terminated()  # gRPC's cancel: the fault goes first
+        if isinstance(exc, asyncio.CancelledError) and not rpc.cancel_sent and not exc.args:
+            # gRPC's cancel (grpc.aio cancels the RPC's task with no message):
+            # the fault goes first.  A cancel with a message is the handler's
+            # own business -- an anyio cancel scope ("Cancelled via cancel
+            # scope ...": httpx's AsyncClient connecting through anyio's
+            # connect_tcp cancels its own task group) -- and is caught there.
+            rpc.terminated()
         try:
             return self._coro.throw(exc)
         except BaseException:

@@ -1,0 +1,118 @@
+"""Regression (found by the chain of issue 10): an async grpc.aio handler
+that uses anyio -- as httpx.AsyncClient does to open a connection -- was
+canceled (CHANNEL_FAULTED) by AioCancellationInterceptor although its client
+never cancelled: anyio's ``connect_tcp`` cancels its own task group's scope
+once connected, which throws a ``CancelledError`` (with anyio's message)
+into the handler's task, and the interceptor took every ``CancelledError``
+for gRPC's.  With the cancelcore httpx transport inside, the handler then
+failed and gRPC sent no status: the caller hung.
+
+A real grpc.aio server on 127.0.0.1; anyio opens real TCP connections."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+pytest.importorskip("grpc")
+anyio = pytest.importorskip("anyio")
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+
+from cancelcore import CancelReason, current_operation  # noqa: E402
+from cancelcore.grpc import AioCancellationInterceptor  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+async def _serve(work: Any) -> tuple[Any, AioCancellationInterceptor, int]:
+    interceptor = AioCancellationInterceptor()
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.Anyio", {"Work": grpc.unary_unary_rpc_method_handler(work)}),))
+    port = server.add_insecure_port(f"{HOST}:0")
+    await server.start()
+    return server, interceptor, port
+
+
+def test_an_anyio_cancel_scope_inside_a_handler_is_not_a_client_cancel() -> None:
+    listener = socket.create_server((HOST, 0))
+    target = listener.getsockname()[1]
+    cancels: list[CancelReason] = []
+    frees: list[int] = []
+
+    async def work(request: bytes, context: Any) -> bytes:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(lambda reason, _: cancels.append(reason), lambda _: frees.append(1))
+        for _ in range(3):  # each connect cancels anyio's own task group
+            stream = await anyio.connect_tcp(HOST, target)
+            await stream.aclose()
+        return b"canceled" if ctx.canceled else b"ok"
+
+    async def main() -> None:
+        server, interceptor, port = await _serve(work)
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+                reply = await channel.unary_unary("/t.Anyio/Work")(b"", timeout=10)
+            assert reply == b"ok"
+            stats = interceptor.host.stats
+            assert stats["ops_canceled"] == 0 and stats["cancels_channel_faulted"] == 0, stats
+            assert stats["free_states_run"] == 1, stats
+        finally:
+            await server.stop(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.close()
+    assert cancels == [] and frees == [1]
+
+
+def test_a_client_cancel_still_reaches_a_handler_inside_an_anyio_scope() -> None:
+    # The positive control: gRPC's own cancel (no message) is still taken as
+    # the client's, also when the handler waits inside an anyio scope.
+    cancels: list[CancelReason] = []
+    frees: list[int] = []
+    entered = threading.Event()
+    seen_cancelled: list[bool] = []
+
+    async def work(request: bytes, context: Any) -> bytes:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(lambda reason, _: cancels.append(reason), lambda _: frees.append(1))
+        entered.set()
+        try:
+            with anyio.CancelScope():
+                await anyio.sleep(30)
+        except BaseException:
+            seen_cancelled.append(ctx.canceled)  # the fault went first
+            raise
+        return b"slept"
+
+    async def main() -> None:
+        server, interceptor, port = await _serve(work)
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+                call = channel.unary_unary("/t.Anyio/Work")(b"", timeout=10)
+                while not entered.is_set():
+                    await asyncio.sleep(0.005)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            for _ in range(400):
+                if frees:
+                    break
+                await asyncio.sleep(0.005)
+            stats = interceptor.host.stats
+            assert stats["cancels_channel_faulted"] == 1 and stats["free_states_run"] == 1, stats
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+    assert cancels == [CancelReason.CHANNEL_FAULTED] and frees == [1]
+    assert seen_cancelled == [True]
