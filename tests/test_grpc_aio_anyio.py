@@ -116,3 +116,71 @@ def test_a_client_cancel_still_reaches_a_handler_inside_an_anyio_scope() -> None
     asyncio.run(main())
     assert cancels == [CancelReason.CHANNEL_FAULTED] and frees == [1]
     assert seen_cancelled == [True]
+
+
+# Regression (found by the chain of issue 10): the handler's own
+# asyncio.wait_for / asyncio.timeout, and a TaskGroup whose child failed,
+# cancel the handler's task with no message on Python >= 3.11 -- as gRPC
+# does -- and were taken for its client leaving (CHANNEL_FAULTED).
+
+
+def _own_cancels() -> list[str]:
+    kinds = ["wait_for"]
+    if hasattr(asyncio, "timeout"):
+        kinds.append("timeout")
+    if hasattr(asyncio, "TaskGroup"):
+        kinds.append("taskgroup")
+    return kinds
+
+
+@pytest.mark.parametrize("kind", _own_cancels())
+def test_the_handlers_own_timeout_or_task_group_is_not_a_client_cancel(kind: str) -> None:
+    cancels: list[CancelReason] = []
+    frees: list[int] = []
+
+    async def own(kind: str) -> str:
+        if kind == "wait_for":
+            try:
+                await asyncio.wait_for(asyncio.sleep(5), 0.02)
+            except asyncio.TimeoutError:
+                return "timed out"
+        elif kind == "timeout":
+            try:
+                async with asyncio.timeout(0.02):  # type: ignore[attr-defined]
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return "timed out"
+        else:
+            async def fail() -> None:
+                await asyncio.sleep(0.01)
+                raise ValueError("child failed")
+
+            try:
+                async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+                    group.create_task(fail())
+                    await asyncio.sleep(5)  # cancelled by the group
+            except BaseException as exc:  # an ExceptionGroup (3.11+)
+                return f"group: {type(exc).__name__}"
+        return "not reached"
+
+    async def work(request: bytes, context: Any) -> bytes:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(lambda reason, _: cancels.append(reason), lambda _: frees.append(1))
+        outcome = await own(kind)
+        return f"{outcome}; canceled={ctx.canceled}".encode()
+
+    async def main() -> None:
+        server, interceptor, port = await _serve(work)
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+                reply = await channel.unary_unary("/t.Anyio/Work")(b"", timeout=10)
+            assert reply.endswith(b"; canceled=False"), reply
+            assert not reply.startswith(b"not reached"), reply
+            stats = interceptor.host.stats
+            assert stats["ops_canceled"] == 0 and stats["free_states_run"] == 1, stats
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+    assert cancels == [] and frees == [1]

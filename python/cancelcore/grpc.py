@@ -409,18 +409,23 @@ def _answer(rpc: _SyncRpc, context: Any, error: Optional[BaseException], cut: bo
 class _AioRpc:
     """One RPC on the asyncio server.
 
-    An async handler runs in the RPC's own task, behind a ``_Guard``: an
-    exception gRPC throws into the task (its cancel, for a client cancel or
-    a deadline) reaches the guard before the handler's code, and the guard
-    faults the channel first -- so the handler's cancel callbacks have run
+    A coroutine handler runs in a task of its own (``run_inner``), so only
+    gRPC's cancel reaches the RPC's task.  An async generator's steps run
+    in the RPC's own task, behind a ``_Guard``: an exception gRPC throws
+    into the task (its cancel, for a client cancel or a deadline) reaches
+    the guard before the handler's code, and the guard faults the channel
+    first -- so the handler's cancel callbacks have run
     and ``ctx.cancel_reason`` is set when its ``CancelledError`` arrives,
     once.  A cancel of the operation from elsewhere (the host's abort)
     cancels the task only while the handler's code runs, never gRPC's own
     code around it.  A sync handler runs on a worker thread that the task
     awaits shielded, and is waited for.  "Faults" below: cancels this RPC
-    alone with CHANNEL_FAULTED, as a fault of a channel of its own would."""
+    alone with CHANNEL_FAULTED, as a fault of a channel of its own would.
+    (Left: a generator step's own asyncio.timeout or TaskGroup, which on
+    Python >= 3.11 cancels the RPC's task with no message, as gRPC does,
+    is taken for gRPC's cancel; a task per step would cost every item.)"""
 
-    __slots__ = ("channel", "ctx", "loop", "task", "pending", "guarding", "cancel_sent",
+    __slots__ = ("channel", "ctx", "loop", "task", "inner", "pending", "guarding", "cancel_sent",
                  "finished", "gone", "reason")
 
     def __init__(self, channel: Channel, ctx: OperationContext, loop: asyncio.AbstractEventLoop) -> None:
@@ -428,6 +433,7 @@ class _AioRpc:
         self.ctx = ctx
         self.loop = loop
         self.task = asyncio.current_task()
+        self.inner: Optional[asyncio.Task[Any]] = None  # a coroutine handler's own task
         self.pending: Optional[ThreadFuture[Any]] = None  # a sync handler's read of a request
         self.guarding = False  # the handler's code is running in the task
         self.cancel_sent = False  # the task's cancel was delivered (once)
@@ -448,7 +454,7 @@ class _AioRpc:
     def deliver(self) -> None:
         """On the loop, so the task is suspended: inside the guard, the
         cancel lands in the handler's code."""
-        task = self.task
+        task = self.inner or self.task
         if self.guarding and not self.cancel_sent and not self.finished and task is not None:
             self.cancel_sent = True
             task.cancel(f"cancelcore: RPC canceled ({_reason(self.ctx)!r})")
@@ -476,6 +482,34 @@ class _AioRpc:
 
     def guard(self, coro: Any) -> _Guard:
         return _Guard(self, coro)
+
+    async def run_inner(self, coro: Awaitable[T]) -> T:
+        """Runs a coroutine handler in a task of its own, which the RPC's
+        task awaits shielded.  Then gRPC's cancel (a client cancel, a
+        deadline) is the only one that reaches the RPC's task: the fault
+        goes first, so the handler's cancel callbacks have run and
+        ``ctx.cancel_reason`` is set when its CancelledError arrives, once;
+        and what cancels the handler's own task -- its asyncio.timeout or
+        wait_for, a TaskGroup whose child failed, an anyio cancel scope, all
+        without a message on Python >= 3.11, as gRPC's -- stays the
+        handler's business.  The task copies the context:
+        ``current_operation()`` is the RPC's there too."""
+        inner = self.inner = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.guarding = True
+        if self.ctx.canceled:
+            call_soon(self.loop, self.deliver)  # canceled before it began
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            if inner.done():
+                raise  # the handler's own outcome: our cancel, or its own
+            # The RPC's task was cancelled: by gRPC, the one that does.
+            self.terminated()
+            inner.cancel(f"cancelcore: RPC canceled ({_reason(self.ctx)!r})")
+            await _settle(inner)  # it is waited for, then gRPC's cancel goes on
+            raise
+        finally:
+            self.guarding = False
 
     async def run_sync(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         """Awaits a sync step of the handler on a worker thread."""
@@ -725,7 +759,7 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                 request = _Requests(request)
             token = _current.set(ctx)
             try:
-                response = await rpc.guard(behavior(request, context))
+                response = await rpc.run_inner(behavior(request, context))
             except BaseException as exc:
                 if rpc.unanswered():
                     _quiet(exc)
