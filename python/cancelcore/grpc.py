@@ -43,6 +43,7 @@ import functools
 import inspect
 import queue
 import threading
+import sys
 import time
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -494,9 +495,9 @@ class _AioRpc:
         without a message on Python >= 3.11, as gRPC's -- stays the
         handler's business.  The task copies the context:
         ``current_operation()`` is the RPC's there too."""
-        inner = self.inner = self.loop.create_task(coro)  # type: ignore[arg-type]
+        inner = self.inner = _start_task(self.loop, coro)
         self.guarding = True
-        if self.ctx.canceled:
+        if not inner.done() and _reason(self.ctx) is not None:
             call_soon(self.loop, self.deliver)  # canceled before it began
         try:
             return await asyncio.shield(inner)
@@ -528,6 +529,18 @@ class _AioRpc:
             _uncancel(self.task)  # the task goes on (to send a status) without it pending
         self.reason = _reason(self.ctx)
         _adapters.end(self.ctx)
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+    """A task for ``coro``, run at once up to its first suspension where
+    asyncio can (3.12+): a handler that answers without waiting costs no
+    trip through the event loop."""
+    if _EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+    return loop.create_task(coro)
+
+
+_EAGER = sys.version_info >= (3, 12)
 
 
 class _Guard:
