@@ -601,6 +601,10 @@ def test_constructor() -> None:
         HTTPTransport(http2=True)
     with pytest.raises(ValueError, match="http2"):
         AsyncHTTPTransport(http2=True)
+    with pytest.raises(ValueError, match="http2"):  # httpx's order: verify, cert, trust_env, http1, http2
+        HTTPTransport(True, None, True, True, True)
+    with pytest.raises(TypeError):
+        HTTPTransport(no_such_argument=1)  # httpx's own check
     t = HTTPTransport(limits=httpx.Limits(max_connections=3), retries=1)
     assert isinstance(t, httpx.HTTPTransport)
     assert isinstance(AsyncHTTPTransport(), httpx.AsyncHTTPTransport)

@@ -58,6 +58,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Iterable, Iterator, Optional
 
@@ -286,44 +287,52 @@ def _check_http2(http2: bool) -> None:
                          "request closes its connection, which HTTP/2 shares with other requests")
 
 
+def _init(transport: Any, base: Any, wrap: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The transports' constructor: httpx's own arguments, HTTP/2 refused,
+    then every pool httpx builds (direct, HTTP or SOCKS proxy) opens its
+    connections through ``wrap`` of its backend, lazily: wrapping it here
+    covers them all."""
+    _check_http2(kwargs.get("http2", args[4] if len(args) > 4 else False))
+    base.__init__(transport, *args, **kwargs)
+    pool: Any = transport._pool
+    pool._network_backend = wrap(pool._network_backend)
+
+
+@contextmanager
+def _sending(call: _Call) -> Iterator[None]:
+    """Around httpx's own sending of a request made inside an operation:
+    the streams know it is this call's; a failure of a canceled call is
+    its cancel (``OperationCanceledError``)."""
+    token = _calls.set(call)
+    try:
+        yield
+    except Exception as exc:
+        error = call.fail()
+        if error is not None:
+            raise error from exc
+        raise
+    except BaseException:
+        call.finish()
+        raise
+    finally:
+        _calls.reset(token)
+
+
 class HTTPTransport(httpx.HTTPTransport):
     """``httpx.HTTPTransport`` whose requests made inside an operation are
     aborted when it is canceled and carry its deadline (see the module)."""
 
-    def __init__(self, verify: ssl.SSLContext | str | bool = True, cert: Any = None,
-                 trust_env: bool = True, http1: bool = True, http2: bool = False,
-                 limits: Optional[httpx.Limits] = None, proxy: Any = None,
-                 uds: Optional[str] = None, local_address: Optional[str] = None,
-                 retries: int = 0, socket_options: Optional[_SOCKET_OPTIONS] = None) -> None:
-        _check_http2(http2)
-        extra = {} if limits is None else {"limits": limits}  # None: httpx's own default
-        super().__init__(verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2,
-                         proxy=proxy, uds=uds, local_address=local_address, retries=retries,
-                         socket_options=socket_options, **extra)
-        # Every pool httpx builds (direct, HTTP or SOCKS proxy) opens its
-        # connections through this backend, lazily: wrapping it here covers
-        # them all.
-        pool: Any = self._pool
-        pool._network_backend = _Backend(pool._network_backend)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """httpx.HTTPTransport's arguments; ``http2=True`` is refused."""
+        _init(self, httpx.HTTPTransport, _Backend, args, kwargs)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _current.get()
         call = None if ctx is None else _start(ctx, request)
         if call is None:
             return super().handle_request(request)
-        token = _calls.set(call)
-        try:
+        with _sending(call):
             response = super().handle_request(request)
-        except Exception as exc:
-            error = call.fail()
-            if error is not None:
-                raise error from exc
-            raise
-        except BaseException:
-            call.finish()
-            raise
-        finally:
-            _calls.reset(token)
         stream = response.stream
         assert isinstance(stream, httpx.SyncByteStream)
         response.stream = _Body(stream, call)
@@ -415,37 +424,17 @@ class AsyncHTTPTransport(httpx.AsyncHTTPTransport):
     are aborted when it is canceled and carry its deadline (see the
     module).  Works on asyncio and trio."""
 
-    def __init__(self, verify: ssl.SSLContext | str | bool = True, cert: Any = None,
-                 trust_env: bool = True, http1: bool = True, http2: bool = False,
-                 limits: Optional[httpx.Limits] = None, proxy: Any = None,
-                 uds: Optional[str] = None, local_address: Optional[str] = None,
-                 retries: int = 0, socket_options: Optional[_SOCKET_OPTIONS] = None) -> None:
-        _check_http2(http2)
-        extra = {} if limits is None else {"limits": limits}  # None: httpx's own default
-        super().__init__(verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2,
-                         proxy=proxy, uds=uds, local_address=local_address, retries=retries,
-                         socket_options=socket_options, **extra)
-        pool: Any = self._pool
-        pool._network_backend = _AsyncBackend(pool._network_backend)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """httpx.AsyncHTTPTransport's arguments; ``http2=True`` is refused."""
+        _init(self, httpx.AsyncHTTPTransport, _AsyncBackend, args, kwargs)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx = _current.get()
         call = None if ctx is None else _start(ctx, request)
         if call is None:
             return await super().handle_async_request(request)
-        token = _calls.set(call)
-        try:
+        with _sending(call):
             response = await super().handle_async_request(request)
-        except Exception as exc:
-            error = call.fail()
-            if error is not None:
-                raise error from exc
-            raise
-        except BaseException:
-            call.finish()
-            raise
-        finally:
-            _calls.reset(token)
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
         response.stream = _AsyncBody(stream, call)
