@@ -37,6 +37,20 @@ static void reset(void)
 
 static int64_t hv(cc_op *op) { return (int64_t)(intptr_t)op; }
 
+static void open_host(cc_host **host, cc_channel **ch)
+{
+    CHECK_ST(cc_host_create(host), CC_OK);
+    CHECK_ST(cc_host_open(*host), CC_OK);
+    CHECK_ST(cc_channel_open(*host, ch), CC_OK);
+}
+
+static void close_host(cc_host *host, cc_channel *ch)
+{
+    CHECK_ST(cc_channel_close(ch), CC_OK);
+    CHECK_ST(cc_host_close(host, 0), CC_OK);
+    cc_host_free(host);
+}
+
 static void test_cancels_one_and_leaves_the_rest(void)
 {
     reset();
@@ -44,9 +58,7 @@ static void test_cancels_one_and_leaves_the_rest(void)
     cc_channel *ch;
     cc_op *a, *b;
     atomic_int ra = 0, rb = 0;
-    CHECK_ST(cc_host_create(&host), CC_OK);
-    CHECK_ST(cc_host_open(host), CC_OK);
-    CHECK_ST(cc_channel_open(host, &ch), CC_OK);
+    open_host(&host, &ch);
     CHECK_ST(cc_op_begin(ch, &a), CC_OK);
     CHECK_ST(cc_op_begin(ch, &b), CC_OK);
     CHECK_ST(cc_op_register_cancel(a, on_cancel, on_free, &ra), CC_OK);
@@ -78,9 +90,7 @@ static void test_cancels_one_and_leaves_the_rest(void)
     CHECK_EQ_U(atomic_load(&g_frees), 2);
     /* Ended: stale (G10). */
     CHECK_ST(cc_channel_cancel_op(ch, hv(a), CC_CHANNEL_FAULTED), CC_E_INVALID_OPERATION);
-    CHECK_ST(cc_channel_close(ch), CC_OK);
-    CHECK_ST(cc_host_close(host, 0), CC_OK);
-    cc_host_free(host);
+    close_host(host, ch);
 }
 
 static void test_before_registration_runs_in_register(void)
@@ -90,9 +100,7 @@ static void test_before_registration_runs_in_register(void)
     cc_channel *ch;
     cc_op *a;
     atomic_int ra = 0;
-    CHECK_ST(cc_host_create(&host), CC_OK);
-    CHECK_ST(cc_host_open(host), CC_OK);
-    CHECK_ST(cc_channel_open(host, &ch), CC_OK);
+    open_host(&host, &ch);
     CHECK_ST(cc_op_begin(ch, &a), CC_OK);
     CHECK_ST(cc_channel_cancel_op(ch, hv(a), CC_HOST_ABORT), CC_OK);
     CHECK(cc_op_is_canceled(a) == 1 && cc_op_reason(a) == CC_HOST_ABORT);
@@ -100,9 +108,7 @@ static void test_before_registration_runs_in_register(void)
     CHECK(atomic_load(&ra) == 1 && atomic_load(&g_abort_reason) == 1); /* G3 */
     CHECK_ST(cc_op_end(a), CC_OK);
     CHECK_EQ_U(atomic_load(&g_frees), 1);
-    CHECK_ST(cc_channel_close(ch), CC_OK);
-    CHECK_ST(cc_host_close(host, 0), CC_OK);
-    cc_host_free(host);
+    close_host(host, ch);
 }
 
 static void test_arguments_and_other_channels(void)
@@ -110,9 +116,7 @@ static void test_arguments_and_other_channels(void)
     cc_host *host;
     cc_channel *ch, *other;
     cc_op *a;
-    CHECK_ST(cc_host_create(&host), CC_OK);
-    CHECK_ST(cc_host_open(host), CC_OK);
-    CHECK_ST(cc_channel_open(host, &ch), CC_OK);
+    open_host(&host, &ch);
     CHECK_ST(cc_channel_open(host, &other), CC_OK);
     CHECK_ST(cc_op_begin(ch, &a), CC_OK);
     CHECK_ST(cc_channel_cancel_op(NULL, hv(a), CC_CHANNEL_FAULTED), CC_E_INVALID_ARG);
@@ -164,9 +168,7 @@ static void *canceller(void *arg)
 static void test_race_with_end_and_register(void)
 {
     reset();
-    CHECK_ST(cc_host_create(&r_host), CC_OK);
-    CHECK_ST(cc_host_open(r_host), CC_OK);
-    CHECK_ST(cc_channel_open(r_host, &r_ch), CC_OK);
+    open_host(&r_host, &r_ch);
     memset(r_ops, 0, sizeof r_ops);
     memset(r_runs, 0, sizeof r_runs);
     pthread_t t;
@@ -197,9 +199,7 @@ static void test_race_with_end_and_register(void)
     CHECK_EQ_U(st.cancels_host_abort + st.cancels_channel_faulted, ran);
     CHECK_EQ_U(st.ops_in_flight, 0);
     CHECK(cc_channel_state(r_ch) == CC_CHANNEL_STATE_OPEN);
-    CHECK_ST(cc_channel_close(r_ch), CC_OK);
-    CHECK_ST(cc_host_close(r_host, 0), CC_OK);
-    cc_host_free(r_host);
+    close_host(r_host, r_ch);
 }
 
 /* One thread faults the channel while another cancels its operations one
@@ -216,9 +216,7 @@ static void *faulter(void *arg)
 static void test_race_with_channel_fault(void)
 {
     reset();
-    CHECK_ST(cc_host_create(&r_host), CC_OK);
-    CHECK_ST(cc_host_open(r_host), CC_OK);
-    CHECK_ST(cc_channel_open(r_host, &r_ch), CC_OK);
+    open_host(&r_host, &r_ch);
     memset(r_ops, 0, sizeof r_ops);
     memset(r_runs, 0, sizeof r_runs);
     atomic_store(&r_registered, 0);
@@ -250,9 +248,7 @@ static void test_race_with_channel_fault(void)
     CHECK_EQ_U(st.ops_canceled, NOPS);
     CHECK_EQ_U(st.cancels_host_abort + st.cancels_channel_faulted, NOPS);
     CHECK(cc_channel_state(r_ch) == CC_CHANNEL_STATE_FAULTED);
-    CHECK_ST(cc_channel_close(r_ch), CC_OK);
-    CHECK_ST(cc_host_close(r_host, 0), CC_OK);
-    cc_host_free(r_host);
+    close_host(r_host, r_ch);
 }
 
 int main(void)
