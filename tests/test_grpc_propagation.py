@@ -742,6 +742,8 @@ def test_outside_an_operation_calls_pass_through_unchanged() -> None:
         assert type(intercepted.unary_stream(f"/{SERVICE}/Count")(b"type3")) is \
             type(plain.unary_stream(f"/{SERVICE}/Count")(b"type4"))
         for tag in ("p", "i"):
+            for key in ("-late", "-cancel", "-echo"):  # the server's side settles after the client's
+                assert server.probes(tag + key).settled(), tag + key
             assert server.probes(tag + "-late").reasons == [FAULTED]
             assert server.probes(tag + "-cancel").reasons == [FAULTED]
             assert server.probes(tag + "-echo").reasons == []
