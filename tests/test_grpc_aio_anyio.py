@@ -12,6 +12,7 @@ A real grpc.aio server on 127.0.0.1; anyio opens real TCP connections."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import threading
 from typing import Any
@@ -177,6 +178,68 @@ def test_the_handlers_own_timeout_or_task_group_is_not_a_client_cancel(kind: str
                 reply = await channel.unary_unary("/t.Anyio/Work")(b"", timeout=10)
             assert reply.endswith(b"; canceled=False"), reply
             assert not reply.startswith(b"not reached"), reply
+            stats = interceptor.host.stats
+            assert stats["ops_canceled"] == 0 and stats["free_states_run"] == 1, stats
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+    assert cancels == [] and frees == [1]
+
+
+@pytest.mark.parametrize("kind", [k for k in _own_cancels() if k != "wait_for"] or ["wait_for"])
+def test_a_generator_steps_own_timeout_is_not_a_client_cancel(kind: str) -> None:
+    """The same for an async generator handler (a streamed response): a
+    step's own asyncio.timeout or TaskGroup (Python >= 3.11) is not taken
+    for gRPC's cancel; a context variable a step sets is seen by the next."""
+    cancels: list[CancelReason] = []
+    frees: list[int] = []
+    seen = contextvars.ContextVar("seen", default=0)
+
+    async def stream(request: bytes, context: Any) -> Any:
+        ctx = current_operation()
+        assert ctx is not None
+        ctx.register_for_cancel(lambda reason, _: cancels.append(reason), lambda _: frees.append(1))
+        for i in range(3):
+            if kind == "timeout":
+                try:
+                    async with asyncio.timeout(0.01):  # type: ignore[attr-defined]
+                        await asyncio.sleep(5)
+                except TimeoutError:
+                    pass
+            elif kind == "taskgroup":
+                async def fail() -> None:
+                    raise ValueError("child failed")
+
+                try:
+                    async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+                        group.create_task(fail())
+                        await asyncio.sleep(5)
+                except BaseException:
+                    pass
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.sleep(5), 0.01)
+                except asyncio.TimeoutError:
+                    pass
+            seen.set(seen.get() + 1)
+            yield f"{i}:{seen.get()}:{ctx.canceled}".encode()
+
+    async def main() -> None:
+        interceptor = AioCancellationInterceptor()
+        server = grpc.aio.server(interceptors=[interceptor])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Anyio", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}),))
+        port = server.add_insecure_port(f"{HOST}:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+                items = [item async for item in channel.unary_stream("/t.Anyio/Stream")(b"", timeout=10)]
+            assert items == [b"0:1:False", b"1:2:False", b"2:3:False"], items
+            for _ in range(200):
+                if frees:
+                    break
+                await asyncio.sleep(0.005)
             stats = interceptor.host.stats
             assert stats["ops_canceled"] == 0 and stats["free_states_run"] == 1, stats
         finally:

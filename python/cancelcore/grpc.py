@@ -39,6 +39,7 @@ cancels is answered with no status.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import queue
@@ -411,8 +412,8 @@ class _AioRpc:
     """One RPC on the asyncio server.
 
     A coroutine handler runs in a task of its own (``run_inner``), so only
-    gRPC's cancel reaches the RPC's task.  An async generator's steps run
-    in the RPC's own task, behind a ``_Guard``: an exception gRPC throws
+    gRPC's cancel reaches the RPC's task.  Before Python 3.11 an async
+    generator's steps run in the RPC's own task, behind a ``_Guard``: an exception gRPC throws
     into the task (its cancel, for a client cancel or a deadline) reaches
     the guard before the handler's code, and the guard faults the channel
     first -- so the handler's cancel callbacks have run
@@ -422,9 +423,10 @@ class _AioRpc:
     code around it.  A sync handler runs on a worker thread that the task
     awaits shielded, and is waited for.  "Faults" below: cancels this RPC
     alone with CHANNEL_FAULTED, as a fault of a channel of its own would.
-    (Left: a generator step's own asyncio.timeout or TaskGroup, which on
-    Python >= 3.11 cancels the RPC's task with no message, as gRPC does,
-    is taken for gRPC's cancel; a task per step would cost every item.)"""
+    On Python >= 3.11 an async generator's steps run in tasks of their own
+    too (``run_inner``, sharing one context): there a step's own
+    asyncio.timeout or TaskGroup cancels its task with no message, as gRPC
+    does."""
 
     __slots__ = ("channel", "ctx", "loop", "task", "inner", "pending", "guarding", "cancel_sent",
                  "finished", "gone", "reason")
@@ -484,7 +486,7 @@ class _AioRpc:
     def guard(self, coro: Any) -> _Guard:
         return _Guard(self, coro)
 
-    async def run_inner(self, coro: Awaitable[T]) -> T:
+    async def run_inner(self, coro: Awaitable[T], context: Optional[contextvars.Context] = None) -> T:
         """Runs a coroutine handler in a task of its own, which the RPC's
         task awaits shielded.  Then gRPC's cancel (a client cancel, a
         deadline) is the only one that reaches the RPC's task: the fault
@@ -494,8 +496,10 @@ class _AioRpc:
         wait_for, a TaskGroup whose child failed, an anyio cancel scope, all
         without a message on Python >= 3.11, as gRPC's -- stays the
         handler's business.  The task copies the context:
-        ``current_operation()`` is the RPC's there too."""
-        inner = self.inner = _start_task(self.loop, coro)
+        ``current_operation()`` is the RPC's there too (``context``: the one
+        an async generator's steps share, so what one step sets the next
+        sees)."""
+        inner = self.inner = _start_task(self.loop, coro, context)
         self.guarding = True
         if not inner.done() and _reason(self.ctx) is not None:
             call_soon(self.loop, self.deliver)  # canceled before it began
@@ -531,16 +535,28 @@ class _AioRpc:
         _adapters.end(self.ctx)
 
 
-def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Any,
+                context: Optional[contextvars.Context] = None) -> asyncio.Task[Any]:
     """A task for ``coro``, run at once up to its first suspension where
     asyncio can (3.12+): a handler that answers without waiting costs no
     trip through the event loop."""
     if _EAGER:
-        return asyncio.Task(coro, loop=loop, eager_start=True)
+        return asyncio.Task(coro, loop=loop, eager_start=True, context=context)
+    if context is not None:
+        return loop.create_task(coro, context=context)  # type: ignore[call-arg,unused-ignore]
     return loop.create_task(coro)
 
 
+async def _anext(responses: AsyncIterator[Any]) -> Any:
+    return await responses.__anext__()
+
+
 _EAGER = sys.version_info >= (3, 12)
+# Python >= 3.11: a handler's own asyncio.timeout and TaskGroup cancel its
+# task with no message, as gRPC does -- so an async generator's steps run in
+# tasks of their own too (before 3.11 nothing of asyncio's does that, and
+# the guard in the RPC's task tells them apart by the message).
+_STEP_TASKS = sys.version_info >= (3, 11)
 
 
 class _Guard:
@@ -817,11 +833,15 @@ class AioCancellationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             # the generator's steps run in it, between gRPC's writes.
             _current.set(ctx)
             responses = behavior(request, context)
+            steps = contextvars.copy_context() if _STEP_TASKS else None
             cut = False
             try:
                 while True:
                     try:
-                        item = await rpc.guard(responses.__anext__())
+                        if steps is not None:
+                            item = await rpc.run_inner(_anext(responses), steps)
+                        else:
+                            item = await rpc.guard(responses.__anext__())
                     except StopAsyncIteration:
                         break
                     except BaseException as exc:

@@ -1373,6 +1373,8 @@ static void do_channel_fault(int c)
 static void do_cancel_op(tgt t, unsigned b)
 {
     cc_reason reason = (b & 1) ? CC_CHANNEL_FAULTED : CC_HOST_ABORT;
+    if (t.kind < 0)
+        return; /* begun, its handle not yet returned: nothing can name it */
     if (b & 0x40) { /* argument errors first: nothing changes */
         int64_t v = t.kind == T_NULL ? 1 : (int64_t)(intptr_t)t.h;
         trace("cc_channel_cancel_op with a bad argument");
@@ -1718,6 +1720,7 @@ static void run_action(act a, int self, bool in_cancel)
     if (!g_ops[self].known)
         switch (a.kind) { /* its begin has not returned it yet */
         case A_END_SELF: case A_READ_SELF: case A_REG_SELF: case A_END_SELF_TWICE:
+        case A_CANCEL_SELF:
             return;
         }
     if (a.kind == A_END_SELF) { /* always: hosts being closed count on it */
