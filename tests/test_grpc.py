@@ -326,6 +326,9 @@ def test_argument_checks(cls: Any) -> None:
         cls(close_timeout=-1)
     with pytest.raises(ValueError):
         cls(close_timeout=math.nan)
+    # An int beyond any float is "forever", as for ServiceHost itself (it
+    # raised OverflowError while the adapters had a check of their own).
+    assert cls(close_timeout=10**400).host.close_timeout == math.inf
 
 
 def test_given_host_keeps_its_close_timeout() -> None:

@@ -4,25 +4,18 @@ the channel its calls run on and how one call is canceled, and the
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Any, Optional
 
 from ._enums import CancelReason, HostState
 from ._errors import CancelCoreError, InvalidOperationError
-from ._host import Channel, ServiceHost
+from ._host import Channel, ServiceHost, _seconds
 from ._operation import OperationContext
 
 
-def seconds(value: Any, name: str) -> float:
-    """A number of seconds >= 0: TypeError for a non-number (bools too),
-    ValueError for NaN or a negative value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
-    return float(value)
+# The hosts' own check of a number of seconds: one rule for every timeout.
+seconds = _seconds
 
 
 def adapter_host(host: Optional[ServiceHost], close_timeout: Any) -> ServiceHost:
