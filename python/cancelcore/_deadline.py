@@ -26,12 +26,10 @@ import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _operation
-from ._cancelcore import lib
-from ._operation import reraise_interrupts
 
 if TYPE_CHECKING:
     from ._host import Channel
-    from ._operation import Binding, OperationContext
+    from ._operation import OperationContext
 
 __all__ = ["DeadlineTimer", "check_deadline"]
 
@@ -40,7 +38,6 @@ _COMPACT_MIN = 1024
 _heappush = heapq.heappush
 _monotonic = time.monotonic
 _ref = weakref.ref
-_FAULTED = lib.CC_CHANNEL_FAULTED
 _INF = math.inf
 
 # (when, seq, context, handle, channel): seq keeps equal deadlines ordered
@@ -70,11 +67,10 @@ def check_deadline(value: Any) -> Optional[float]:
 class DeadlineTimer:
     """The deadlines of one host's operations."""
 
-    __slots__ = ("_b", "_lock", "_cond", "_heap", "_seq", "_thread", "_wake_at", "_compact_at",
+    __slots__ = ("_lock", "_cond", "_heap", "_seq", "_thread", "_wake_at", "_compact_at",
                  "expired", "__weakref__")
 
-    def __init__(self, b: Binding) -> None:
-        self._b = b
+    def __init__(self) -> None:
         # Filing takes the bare lock (a C call); the thread sleeps on the
         # condition over it, woken only for an entry sooner than its sleep.
         self._lock = threading.Lock()
@@ -151,11 +147,10 @@ class DeadlineTimer:
         if _operation._finalizing:
             return
         try:
-            status = lib.cc_channel_cancel_op(channel._ptr, h, _FAULTED)
-            reraise_interrupts()  # one a callback raised here: nobody to get it
-        except BaseException:  # a signal on this daemon thread: drop it
+            canceled = channel._cancel_operation(ctx)
+        except BaseException:  # a signal, or one a callback raised: nobody here to get it
             return
-        if status == 0:  # else: its end began meanwhile
+        if canceled:  # else: its end began meanwhile
             self.expired += 1
 
     def _after_fork(self) -> None:

@@ -355,7 +355,7 @@ class ServiceHost:
         if timer is None:
             with self._executor_lock:
                 if self._timer is None:
-                    self._timer = DeadlineTimer(self._b)
+                    self._timer = DeadlineTimer()
                 timer = self._timer
         return timer
 
@@ -527,16 +527,19 @@ class Channel:
         if status:
             raise_status(status, "fault a channel whose host was closed")
 
-    def _cancel_operation(self, ctx: OperationContext, reason: int = lib.CC_CHANNEL_FAULTED) -> None:
+    def _cancel_operation(self, ctx: OperationContext, reason: int = lib.CC_CHANNEL_FAULTED) -> bool:
         """Library plumbing: cancels ``ctx`` (an operation of this channel)
         alone, as a fault of the channel would cancel it, leaving the
         channel and its other operations alone; its callbacks run on this
         thread before it returns.  Nothing if it ended meanwhile, or was
-        canceled already (the first reason stays, G6)."""
+        canceled already (the first reason stays, G6).  False if its end
+        had begun."""
         h = ctx._h
-        if h and not self._b.freed:
-            lib.cc_channel_cancel_op(self._ptr, h, reason)
-            reraise_interrupts()
+        if not h or self._b.freed:
+            return False
+        status = lib.cc_channel_cancel_op(self._ptr, h, reason)
+        reraise_interrupts()
+        return bool(status == 0)
 
     def close(self) -> None:
         """Closes the channel to new operations.  Its in-flight operations
