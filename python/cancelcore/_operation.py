@@ -65,7 +65,7 @@ _from_handle = ffi.from_handle
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
-_hooks_lock = threading.Lock()  # adding and removing plumbing hooks (rare)
+_hooks_lock = threading.Lock()  # adding and removing plumbing hooks (held for a list copy)
 
 _current: ContextVar[Optional[OperationContext]] = ContextVar(
     "cancelcore_current_operation", default=None
