@@ -201,36 +201,48 @@ def _start(ctx: OperationContext, request: httpx.Request) -> Optional[_Call]:
 # ------------------------------------------------------------ sync network
 
 
-class _Stream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
+class _Socket:
+    """What both kinds of stream keep: their socket, and the request that
+    used it last."""
+
+    _sock: Any
+    _user: Optional[_Call]
+
+    def _open(self, inner: Any) -> None:
         self._sock = inner.get_extra_info("socket")
-        self._user: Optional[_Call] = None  # the last request that used it
+        self._user = None
+        self._claim()
+
+    def _claim(self) -> None:
+        """The request being sent (if one of ours) is using the socket now."""
         call = _calls.get()
         if call is not None:
             self._user = call
             call.use(self._sock)
 
-    def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
-        call = _calls.get()
-        if call is not None:
-            self._user = call
-            call.use(self._sock)
-        return self._inner.read(max_bytes, timeout)
-
-    def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
-        call = _calls.get()
-        if call is not None:
-            self._user = call
-            call.use(self._sock)
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
+    def _closing(self) -> None:
         # Whichever thread closes it: a cancel hook must not shut the
         # descriptor down once it is closed (the number may be reused).
         user = self._user
         if user is not None:
             user.release(self._sock)
+
+
+class _Stream(_Socket, httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+        self._open(inner)
+
+    def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        self._claim()
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        self._claim()
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._closing()
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
@@ -342,34 +354,21 @@ class HTTPTransport(httpx.HTTPTransport):
 # ----------------------------------------------------------- async network
 
 
-class _AsyncStream(httpcore.AsyncNetworkStream):
+class _AsyncStream(_Socket, httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
-        self._sock = inner.get_extra_info("socket")
-        self._user: Optional[_Call] = None
-        call = _calls.get()
-        if call is not None:
-            self._user = call
-            call.use(self._sock)
+        self._open(inner)
 
     async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
-        call = _calls.get()
-        if call is not None:
-            self._user = call
-            call.use(self._sock)
+        self._claim()
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
-        call = _calls.get()
-        if call is not None:
-            self._user = call
-            call.use(self._sock)
+        self._claim()
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
-        user = self._user
-        if user is not None:
-            user.release(self._sock)
+        self._closing()
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None,
